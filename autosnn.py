@@ -1,0 +1,582 @@
+"""AutoSNN spiking network: neurons, candidate blocks, the super-network/child network, spike counts.
+
+Paper sections 2-3 (see ../shared/PAPER.md). Everything runs time-first: activations are
+[T, B, C, H, W]. Stateless layers (conv, pooling, linear) fold T into the batch; every neuron
+layer runs its own loop over T and keeps no state between calls.
+
+    >>> from search_space import AUTOSNN, parse_arch
+    >>> net = SpikingNetwork("AutoSNN_16", num_classes=10, arch=AUTOSNN, T=8)      # child network
+    >>> out, stats = net(images)          # images [B,3,32,32] -> out [B,10], class rates summed over T
+    >>> loss = rate_loss(out, labels, net.T); stats.spikes   # spikes per image (tensor, no sync)
+    >>> supernet = SpikingNetwork("AutoSNN_16", num_classes=10)                     # all candidates
+    >>> out, stats = supernet(images, arch=parse_arch("SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5"))
+    >>> net.load_state_dict(supernet.path_state_dict(AUTOSNN))                     # one path's weights
+
+Neuron (sec. 3.1), with x[t] the input current, v[-1] = 0, V_th = 1:
+    PLIF  v[t] = v'[t-1] + (x[t] - v'[t-1]) * sigmoid(w)     one learnable w per layer, w0 = -ln(tau0 - 1)
+    LIF   v[t] = v'[t-1] + (x[t] - v'[t-1]) / tau            fixed tau
+    IF    v[t] = v'[t-1] + x[t]
+    s[t]  = H(v[t] - V_th)   (H(0) = 1);   v'[t] = v[t] * (1 - s[t])   (hard reset, s detached)
+    ds/dv = alpha/2 / (1 + (pi/2 * alpha * (v - V_th))^2)   (ATan surrogate, alpha = 2)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from search_space import AVG_POOL, MAX_POOL, Arch, Backbone, check_candidate, get_backbone, parse_arch
+
+NEURONS = ("plif", "lif", "if", "ann")
+POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
+
+# Input shapes the network accepts, and the stem each one gets (sec. 2.1). (2, 32, 32) is ours:
+# a one-conv event stem for the built-in synthetic-dvs data.
+STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event128", (2, 32, 32): "event32"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Spiking neurons
+# ----------------------------------------------------------------------------------------------
+
+def atan_surrogate(x: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """ATan surrogate derivative of the Heaviside step: alpha/2 / (1 + (pi/2 * alpha * x)^2)."""
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+
+
+class SpikeFn(torch.autograd.Function):
+    """Heaviside step with H(0) = 1 forward, ATan surrogate gradient backward. x: any shape."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * atan_surrogate(x, ctx.alpha), None
+
+
+@torch.no_grad()
+def _charge_fire_reset(x: torch.Tensor, k, v_th: float) -> torch.Tensor:
+    """Run the neuron over T without autograd. x: [T, ...] -> membrane before reset h: [T, ...].
+
+    k is the leak factor (tensor or float) or None for IF. Spikes are h >= v_th.
+    """
+    if isinstance(k, torch.Tensor):
+        k = k.detach().to(x.dtype)
+    h = torch.empty_like(x)
+    v = torch.zeros_like(x[0])
+    for t in range(x.shape[0]):
+        if k is None:
+            torch.add(v, x[t], out=h[t])
+        else:
+            torch.lerp(v, x[t], k, out=h[t])                     # lerp: v + k * (x - v)
+        v = h[t].masked_fill(h[t] >= v_th, 0.0)                  # hard reset to 0
+    return h
+
+
+class MultiStepNeuron(torch.autograd.Function):
+    """The whole T-step neuron as one autograd node: forward, then backward through time in one loop.
+
+    Equivalent to running `Neuron.step` T times under autograd (tested), but without a graph of
+    ~6 small ops per step, and working one step at a time so each slice stays in cache.
+    x: [T, ...] input current; k: leak factor (0-dim tensor or float) or None (IF). Returns spikes [T, ...].
+    Backward, with g = dL/dv[t] and c = dL/dv'[t] carried back from step t+1:
+        g = dL/ds[t] * surrogate(v[t] - V_th) + c * (1 - s[t]);  dL/dx[t] = g * k;  c <- g * (1 - k)
+        dL/dk = sum_t g * (x[t] - v'[t-1])
+    """
+
+    @staticmethod
+    def forward(ctx, x, k, v_th, alpha):
+        h = _charge_fire_reset(x, k, v_th)
+        k_grad = isinstance(k, torch.Tensor) and k.requires_grad
+        ctx.save_for_backward(h, x if k_grad else None, k if isinstance(k, torch.Tensor) else None)
+        ctx.k, ctx.k_grad, ctx.v_th, ctx.alpha = k, k_grad, v_th, alpha
+        return (h >= v_th).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        h, x, k_tensor = ctx.saved_tensors
+        k = k_tensor if k_tensor is not None else ctx.k
+        v_th, c2 = ctx.v_th, (math.pi / 2 * ctx.alpha) ** 2
+        grad_x, carry, grad_k = torch.empty_like(h), None, []
+        for t in reversed(range(h.shape[0])):
+            d = h[t] - v_th
+            # atan_surrogate(d) * dL/ds, written as grad / (1 + c2 d^2) * alpha/2 to save passes
+            g = grad_s[t] / torch.addcmul(torch.ones_like(d), d, d, value=c2)
+            if ctx.alpha != 2:
+                g.mul_(ctx.alpha / 2)
+            if carry is not None:
+                g.addcmul_(carry, (d < 0).to(d.dtype))      # reset gate 1 - s[t], s detached
+            if k is None:
+                grad_x[t], carry = g, g
+                continue
+            torch.mul(g, k, out=grad_x[t])
+            carry = g * (1 - k)
+            if ctx.k_grad:
+                v_prev = h[t - 1].masked_fill(h[t - 1] >= v_th, 0.0) if t > 0 else 0.0
+                grad_k.append(torch.dot(g.flatten(), (x[t] - v_prev).flatten()))
+        return grad_x, torch.stack(grad_k).sum().reshape(k.shape) if grad_k else None, None, None
+
+
+class Neuron(nn.Module):
+    """A layer of spiking neurons (PLIF default), or ReLU for the ANN ablation. x: [T, B, ...] -> same.
+
+    PLIF has one learnable scalar w per layer: 1/tau = sigmoid(w), w0 = -ln(tau0 - 1) (tau0 = 2 -> w0 = 0).
+    """
+
+    def __init__(self, kind: str = "plif", tau0: float = 2.0, v_th: float = 1.0, alpha: float = 2.0):
+        super().__init__()
+        if kind not in NEURONS:
+            raise ValueError(f"unknown neuron {kind!r}; valid: {', '.join(NEURONS)}")
+        if kind in ("plif", "lif") and not tau0 > 1:
+            raise ValueError(f"tau0 must be > 1 (got {tau0}): the leak 1/tau must lie in (0, 1)")
+        self.kind, self.tau0, self.v_th, self.alpha = kind, float(tau0), float(v_th), float(alpha)
+        self.tag = "neuron"   # layer name in spike statistics; SpikingNetwork sets the full name
+        if kind == "plif":
+            self.w = nn.Parameter(torch.tensor(-math.log(tau0 - 1)))
+
+    def leak(self):
+        """k in v += (x - v) * k: sigmoid(w) for PLIF, 1/tau0 for LIF, None for IF."""
+        if self.kind == "plif":
+            return torch.sigmoid(self.w)
+        return 1.0 / self.tau0 if self.kind == "lif" else None
+
+    def step(self, x: torch.Tensor, v: torch.Tensor):
+        """One time step under plain autograd (the original's form). x, v: [B, ...] -> (s, v')."""
+        k = self.leak()
+        v = v + x if k is None else v + (x - v) * k
+        s = SpikeFn.apply(v - self.v_th, self.alpha)
+        return s, v * (1 - s.detach())
+
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+        if self.kind == "ann":
+            return F.relu(x)
+        if trace is not None and trace.membranes is not None:      # one step at a time
+            v = trace.membranes.get(self)
+            steps = []
+            for x_t in x.unbind(0):
+                s, v = self.step(x_t, torch.zeros_like(x_t) if v is None else v)
+                steps.append(s)
+            trace.membranes[self] = v
+            s = torch.stack(steps)
+        else:
+            k = self.leak()
+            needs_grad = torch.is_grad_enabled() and (
+                x.requires_grad or (isinstance(k, torch.Tensor) and k.requires_grad))
+            if needs_grad:
+                s = MultiStepNeuron.apply(x, k, self.v_th, self.alpha)
+            else:
+                s = (_charge_fire_reset(x, k, self.v_th) >= self.v_th).to(x.dtype)
+        if trace is not None:
+            trace.record(self, s, "neuron")
+        return s
+
+    def extra_repr(self):
+        return f"{self.kind}, tau0={self.tau0}, v_th={self.v_th}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Spike bookkeeping
+# ----------------------------------------------------------------------------------------------
+
+class Trace:
+    """Per-forward bookkeeping, passed down explicitly: spike counts per layer and, when running one
+    step at a time, the membrane potentials carried between steps. Created by the caller of a
+    forward, so modules themselves never hold state."""
+
+    def __init__(self, stepwise: bool = False, counting: bool = True):
+        self.counting = counting                       # False for the ANN ablation: no spikes to count
+        self.counts: dict[str, torch.Tensor] = {}      # layer name -> spikes over batch and T (float64)
+        self.kinds: dict[str, str] = {}                # 'neuron' or 'pool' (a pool's spikes counted again)
+        self.sizes: dict[str, int] = {}                # units per image per step
+        self.membranes = {} if stepwise else None
+
+    def record(self, module: nn.Module, spikes: torch.Tensor, kind: str) -> None:
+        """spikes: [T, B, ...] binary. Counted exactly for any batch: float32 sums per image and step
+        stay below 2^24, and their total is taken in float64."""
+        if not self.counting:
+            return
+        name = module.tag
+        count = spikes.flatten(2).sum(2).sum(dtype=torch.float64)
+        self.counts[name] = self.counts[name] + count if name in self.counts else count
+        self.kinds[name], self.sizes[name] = kind, spikes[0, 0].numel()
+
+
+@dataclass
+class SpikeStats:
+    """Spike counts of one forward (or several, added with +). Tensors stay on the device.
+
+    counts: [L] float64 total spikes per layer over the batch and all T steps, in layer order.
+    """
+    names: list
+    kinds: list
+    sizes: list
+    counts: torch.Tensor
+    batch: int
+    T: int
+
+    @classmethod
+    def from_trace(cls, trace: Trace, batch: int, T: int, device) -> SpikeStats:
+        names = list(trace.counts)
+        counts = (torch.stack([trace.counts[n] for n in names]) if names
+                  else torch.zeros(0, dtype=torch.float64, device=device))
+        return cls(names, [trace.kinds[n] for n in names], [trace.sizes[n] for n in names],
+                   counts, batch, T)
+
+    def __add__(self, other: SpikeStats) -> SpikeStats:
+        if self.names != other.names:
+            raise ValueError("cannot add spike statistics of different paths")
+        return SpikeStats(self.names, self.kinds, self.sizes, self.counts + other.counts,
+                          self.batch + other.batch, self.T)
+
+    @property
+    def spikes(self) -> torch.Tensor:
+        """Spikes per image summed over T, the paper's count: every neuron, plus max-pool outputs again."""
+        return self.counts.sum() / self.batch
+
+    @property
+    def neuron_spikes(self) -> torch.Tensor:
+        """Spikes per image summed over T, neuron outputs only (no max-pool re-count)."""
+        mask = torch.tensor([k == "neuron" for k in self.kinds], device=self.counts.device)
+        return self.counts[mask].sum() / self.batch
+
+    def per_layer(self) -> dict:
+        """Layer name -> spikes per image summed over T (0-dim tensors)."""
+        return dict(zip(self.names, self.counts / self.batch))
+
+    def firing_rates(self) -> dict:
+        """Layer name -> mean spikes per unit per time step, in [0, 1]."""
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.counts.device)
+        return dict(zip(self.names, self.counts / (self.batch * self.T * sizes)))
+
+    def summary(self) -> dict:
+        """Plain Python numbers for logs and JSON (one host sync)."""
+        c = self.counts.cpu().tolist()
+        return {"spikes": sum(c) / self.batch,
+                "neuron_spikes": sum(x for x, k in zip(c, self.kinds) if k == "neuron") / self.batch,
+                "per_layer": {n: x / self.batch for n, x in zip(self.names, c)},
+                "firing_rate": {n: x / (self.batch * self.T * s) for n, x, s in zip(self.names, c, self.sizes)}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers and candidate blocks
+# ----------------------------------------------------------------------------------------------
+
+def fold(layer, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-image layer to [T, B, ...] by merging T into the batch: [T*B, ...] -> [T, B, ...]."""
+    return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+class TimeBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d over x: [T, B, C, H, W] with separate batch statistics at every time step.
+
+    Equivalent to calling one BatchNorm2d on x[0], x[1], ... in turn (the original runs the net one
+    step at a time): in training each step is normalised with its own B-sample statistics and the
+    running statistics are updated T times in sequence. Eval uses the running statistics for all steps.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        if not self.training:
+            return F.batch_norm(x.flatten(0, 1), self.running_mean, self.running_var,
+                                self.weight, self.bias, False, 0.0, self.eps).view_as(x)
+        # One call: channel c of step t becomes channel t*C + c of a [B, T*C, H, W] batch.
+        m = self.momentum
+        r_mean, r_var = self.running_mean.repeat(T), self.running_var.repeat(T)
+        y = F.batch_norm(x.transpose(0, 1).reshape(B, T * C, H, W), r_mean, r_var,
+                         self.weight.repeat(T), self.bias.repeat(T), True, m, self.eps)
+        with torch.no_grad():
+            # The call above moved every copy once from the same start r: u_t = (1-m) r + m stat_t.
+            # T sequential updates give r_T = (1-m)^T r + sum_t (1-m)^(T-1-t) m stat_t.
+            w = (1 - m) ** torch.arange(T - 1, -1, -1, device=x.device, dtype=x.dtype)
+            for run, upd in ((self.running_mean, r_mean), (self.running_var, r_var)):
+                step_terms = upd.view(T, C) - (1 - m) * run
+                run.mul_((1 - m) ** T).add_((w[:, None] * step_terms).sum(0))
+            self.num_batches_tracked += T
+        return y.view(B, T, C, H, W).transpose(0, 1).contiguous()
+
+
+class ConvBN(nn.Module):
+    """Conv k x k (no bias, 'same' padding) then per-step BN. x: [T, B, Cin, H, W] -> [T, B, Cout, H/s, W/s]."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+        self.bn = TimeBatchNorm(cout)
+
+    def forward(self, x):
+        return self.bn(fold(self.conv, x))
+
+
+class SCB(nn.Module):
+    """Spiking convolution block: conv-BN-neuron-conv-BN-neuron (sec. 2.2)."""
+
+    def __init__(self, cin, cout, k, stride, neuron):
+        super().__init__()
+        self.cb1, self.n1 = ConvBN(cin, cout, k, stride), neuron()
+        self.cb2, self.n2 = ConvBN(cout, cout, k), neuron()
+
+    def forward(self, x, trace):
+        return self.n2(self.cb2(self.n1(self.cb1(x), trace)), trace)
+
+
+class SRB(nn.Module):
+    """Spiking residual block: as SCB, with the shortcut added to the second BN output, before the
+    second neuron (the residual joins the input current, not the spikes). Shortcut: identity, or
+    1x1 conv + BN when the shape changes."""
+
+    def __init__(self, cin, cout, k, stride, neuron):
+        super().__init__()
+        self.cb1, self.n1 = ConvBN(cin, cout, k, stride), neuron()
+        self.cb2, self.n2 = ConvBN(cout, cout, k), neuron()
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
+
+    def forward(self, x, trace):
+        return self.n2(self.cb2(self.n1(self.cb1(x), trace)) + self.shortcut(x), trace)
+
+
+class FactorizedReduce(nn.Module):
+    """Stride-2 1x1 convs on x and on x shifted by one pixel, concatenated: [.., Cin, H, W] -> [.., Cout, H/2, W/2]."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv_a = nn.Conv2d(cin, cout // 2, 1, 2, bias=False)
+        self.conv_b = nn.Conv2d(cin, cout - cout // 2, 1, 2, bias=False)
+
+    def forward(self, x):
+        return torch.cat([self.conv_a(x), self.conv_b(x[:, :, 1:, 1:])], dim=1)
+
+
+class Skip(nn.Module):
+    """skip_connect: identity (0 spikes) when the shape is kept; otherwise 1x1 conv (stride 1) or
+    factorized reduce (stride 2), then BN and a neuron."""
+
+    def __init__(self, cin, cout, stride, neuron):
+        super().__init__()
+        self.identity = stride == 1 and cin == cout
+        if not self.identity:
+            self.conv = nn.Conv2d(cin, cout, 1, bias=False) if stride == 1 else FactorizedReduce(cin, cout)
+            self.bn, self.n1 = TimeBatchNorm(cout), neuron()
+
+    def forward(self, x, trace):
+        return x if self.identity else self.n1(self.bn(fold(self.conv, x)), trace)
+
+
+def make_block(name: str, cin: int, cout: int, stride: int, neuron) -> nn.Module:
+    """Build a candidate by name: 'skip_connect', 'SCB_k<k>' or 'SRB_k<k>' (any odd k)."""
+    check_candidate(name)
+    if name == "skip_connect":
+        return Skip(cin, cout, stride, neuron)
+    family, k = name.split("_k")
+    return {"SCB": SCB, "SRB": SRB}[family](cin, cout, int(k), stride, neuron)
+
+
+class MaxPool(nn.Module):
+    """2x2 max-pool, stride 2, no neuron. Its (binary) output is counted again, as the original does."""
+
+    tag = "maxpool"
+
+    def forward(self, x, trace):
+        y = fold(lambda z: F.max_pool2d(z, 2), x)
+        if trace is not None:
+            trace.record(self, y, "pool")
+        return y
+
+
+class AvgPoolNeuron(nn.Module):
+    """2x2 avg-pool, stride 2, then a neuron (SNN_4's down-sampling)."""
+
+    def __init__(self, neuron):
+        super().__init__()
+        self.n1 = neuron()
+
+    def forward(self, x, trace):
+        return self.n1(fold(lambda z: F.avg_pool2d(z, 2), x), trace)
+
+
+class Choice(nn.ModuleDict):
+    """A searched position: every candidate in the super-network, only the chosen one in a child."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------------------------
+
+class Stem(nn.Module):
+    """Layers before the 8 backbone positions (sec. 2.1, 3.2). Output: [T, B, C, 32, 32] spikes.
+
+    static   (3x32x32):   conv3x3+BN once per image (direct encoding) -> neuron at every step
+    static64 (3x64x64):   conv3x3+BN once -> neuron -> max-pool -> conv3x3+BN -> neuron
+    event128 (2x128x128): frame t at step t: conv3x3+BN -> neuron -> max-pool -> conv3x3+BN -> neuron -> max-pool
+    event32  (2x32x32):   frame t at step t: conv3x3+BN -> neuron
+    """
+
+    def __init__(self, kind: str, cin: int, C: int, neuron):
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(cin, C, 3, 1, 1, bias=False)
+        self.bn = TimeBatchNorm(C) if kind.startswith("event") else nn.BatchNorm2d(C)
+        self.n1 = neuron()
+        if kind in ("static64", "event128"):
+            self.pool1, self.cb2, self.n2 = MaxPool(), ConvBN(C, C, 3), neuron()
+        if kind == "event128":
+            self.pool2 = MaxPool()
+
+    def encode(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """The input current of the stem neuron: [T, B, C, H, W]. x: [B, 3, H, W] or [B, T, 2, H, W]."""
+        if self.kind.startswith("event"):
+            return self.bn(fold(self.conv, x.transpose(0, 1)))
+        return self.bn(self.conv(x)).expand(T, -1, -1, -1, -1)   # same current at every step
+
+    def forward(self, current: torch.Tensor, trace: Trace) -> torch.Tensor:
+        s = self.n1(current, trace)
+        if self.kind in ("static64", "event128"):
+            s = self.n2(self.cb2(self.pool1(s, trace)), trace)
+        return self.pool2(s, trace) if self.kind == "event128" else s
+
+
+class SpikingNetwork(nn.Module):
+    """AutoSNN network: the super-network when `arch` is None, else the child network of `arch`.
+
+    backbone: a name from search_space (e.g. 'AutoSNN_16', 'SNN_3') or a Backbone.
+    input_shape: (3,32,32), (3,64,64), (2,128,128), (2,32,32), or (T,2,H,W) for event data.
+    neuron: 'plif' (default), 'lif', 'if', or 'ann' (ReLU, T=1, K plain logits: the ablation).
+    forward(x, arch=None) -> (out [B, K], SpikeStats); x: [B, 3, H, W] static or [B, T, 2, H, W] events.
+    out[b, k] = sum over T of the mean spike of the k-th group of 10 classifier neurons (in [0, T]).
+    """
+
+    def __init__(self, backbone: str | Backbone = "AutoSNN_16", num_classes: int = 10,
+                 arch: Arch | str | None = None, T: int = 8, input_shape=(3, 32, 32),
+                 neuron: str = "plif", tau0: float = 2.0, v_th: float = 1.0, alpha: float = 2.0):
+        super().__init__()
+        self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        input_shape = tuple(input_shape)
+        if len(input_shape) == 4:         # (T, 2, H, W) as an event dataset reports it
+            if input_shape[0] != T:
+                raise ValueError(f"event input has {input_shape[0]} frames but the network runs T={T} steps")
+            input_shape = input_shape[1:]
+        if input_shape not in STEMS:
+            raise ValueError(f"unsupported input shape {input_shape}; supported: "
+                             f"{', '.join(str(s) for s in STEMS)}")
+        if not (isinstance(T, int) and T >= 1):
+            raise ValueError(f"T must be an integer >= 1 (got {T!r})")
+        if neuron == "ann" and T != 1:
+            raise ValueError(f"the ANN ablation runs one step: use T=1 (got T={T})")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (got {num_classes})")
+        Neuron(neuron, tau0, v_th, alpha)      # validate the options once, with a clear error
+        self.T, self.num_classes, self.input_shape, self.neuron = T, num_classes, input_shape, neuron
+        self.arch = None if arch is None else parse_arch(arch, self.backbone)
+
+        def make_neuron():
+            return Neuron(neuron, tau0, v_th, alpha)
+
+        bb, C = self.backbone, self.backbone.C
+        self.stem = Stem(STEMS[input_shape], input_shape[0], C, make_neuron)
+        layers, cin, choices = [], C, iter(self.arch or [])
+        for pos in bb.positions:
+            if pos.kind == MAX_POOL:
+                layers.append(MaxPool())
+            elif pos.kind == AVG_POOL:
+                layers.append(AvgPoolNeuron(make_neuron))
+            else:
+                names = [next(choices)] if self.arch else bb.candidates
+                layers.append(Choice({n: make_block(n, cin, pos.channels, pos.stride, make_neuron)
+                                      for n in names}))
+            cin = pos.channels
+        self.layers = nn.ModuleList(layers)
+        self.gap = make_neuron() if bb.gap else None
+        side = 1 if bb.gap else 4
+        population = 1 if neuron == "ann" else POPULATION
+        self.fc = nn.Linear(cin * side * side, num_classes * population, bias=False)
+        self.fc_neuron = None if neuron == "ann" else make_neuron()
+        for name, m in self.named_modules():     # layer names for the spike statistics
+            if isinstance(m, (Neuron, MaxPool)):
+                m.tag = name
+
+    @property
+    def is_supernet(self) -> bool:
+        return self.arch is None
+
+    def _path(self, arch) -> Arch:
+        if arch is None:
+            if self.arch is None:
+                raise ValueError("the super-network runs one path per forward: pass arch=...")
+            return self.arch
+        arch = parse_arch(arch, self.backbone)
+        if self.arch is not None and arch != self.arch:
+            raise ValueError(f"this child network is {self.arch}, not {arch}")
+        return arch
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        c, h, w = self.input_shape
+        want = (self.T, c, h, w) if self.stem.kind.startswith("event") else (c, h, w)
+        if x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"input of shape {tuple(x.shape)} does not fit this network: expected "
+                             f"[B, {', '.join(map(str, want))}]")
+
+    def body(self, current: torch.Tensor, arch: Arch, trace: Trace) -> torch.Tensor:
+        """Everything after the analog stem input. current: [T, B, C, H, W] -> class rates [T, B, K]."""
+        x = self.stem(current, trace)
+        blocks = iter(arch)
+        for pos, layer in zip(self.backbone.positions, self.layers):
+            x = layer[next(blocks)](x, trace) if pos.kind == "search" else layer(x, trace)
+        if self.gap is not None:
+            x = self.gap(x.mean(dim=(3, 4), keepdim=True), trace)
+        y = fold(self.fc, x.flatten(2))                                   # [T, B, K * population]
+        if self.fc_neuron is None:
+            return y
+        s = self.fc_neuron(y, trace)
+        return s.unflatten(2, (self.num_classes, POPULATION)).mean(3)     # the "boost" average
+
+    def forward(self, x: torch.Tensor, arch: Arch | str | None = None):
+        """x: [B, 3, H, W] or [B, T, 2, H, W] -> (out [B, K] class rates summed over T, SpikeStats)."""
+        arch = self._path(arch)
+        self._check_input(x)
+        trace = Trace(counting=self.neuron != "ann")
+        out = self.body(self.stem.encode(x, self.T), arch, trace).sum(0)
+        return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
+
+    def forward_stepwise(self, x: torch.Tensor, arch: Arch | str | None = None):
+        """The same forward run one time step at a time, neurons under plain autograd: the original
+        code's form, kept as the reference for equivalence tests and speed comparisons."""
+        arch = self._path(arch)
+        self._check_input(x)
+        trace = Trace(stepwise=True, counting=self.neuron != "ann")
+        current = self.stem.encode(x, self.T)
+        out = sum(self.body(c.unsqueeze(0), arch, trace)[0] for c in current.unbind(0))
+        return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
+
+    def path_state_dict(self, arch: Arch | str) -> dict:
+        """The super-network's weights of one path, named as in the child network of `arch`."""
+        arch = parse_arch(arch, self.backbone)
+        drop = tuple(f"layers.{i}.{c}." for i, chosen in zip(self.backbone.searched, arch)
+                     for c in self.backbone.candidates if c != chosen)
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(drop)}
+
+    def path_parameters(self, arch: Arch | str):
+        """Trainable parameters on one path (all of them for a child)."""
+        keep = self.path_state_dict(arch)
+        return [p for n, p in self.named_parameters() if n in keep]
+
+
+def rate_loss(out: torch.Tensor, labels: torch.Tensor, T: int) -> torch.Tensor:
+    """MSE between the output rate out/T ([B, K]) and the one-hot labels ([B]) (sec. 3.3)."""
+    return F.mse_loss(out / T, F.one_hot(labels, out.shape[1]).to(out.dtype))
+
+
+def predict(out: torch.Tensor) -> torch.Tensor:
+    """Predicted class per image, [B, K] -> [B]; ties go to the lowest class index (argmax's rule)."""
+    return out.argmax(dim=1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters, PLIF scalars included."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,446 @@
+"""Tests of the spiking core (autosnn.py) and the search space (search_space.py).
+
+Run: python -m pytest -q
+Golden values are computed by hand in the comments, not by the code under test.
+"""
+import copy
+import math
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+from autosnn import (MaxPool, MultiStepNeuron, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm,
+                     _charge_fire_reset, count_parameters, predict, rate_loss)
+from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout,
+                          get_backbone, parse_arch, resolve_arch, sample_arch)
+
+
+def seeded(seed=0):
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Neurons: golden trajectories and surrogate
+# ---------------------------------------------------------------------------------------------
+
+def trajectory(kind, xs, **kw):
+    """Membrane before reset and spikes of a single neuron driven by the scalar sequence xs."""
+    n = Neuron(kind, **kw)
+    x = torch.tensor(xs, dtype=torch.float64).view(-1, 1)
+    h = _charge_fire_reset(x, n.leak(), n.v_th)
+    return h.view(-1).tolist(), n(x).view(-1).tolist()
+
+
+def test_if_golden():
+    # v = 0.6, 1.2 (fire, reset to 0), 0.6, 1.2 (fire), 0.6 ; exactly 1.0 fires: H(0) = 1
+    h, s = trajectory("if", [0.6, 0.6, 0.6, 0.6, 0.6])
+    assert h == pytest.approx([0.6, 1.2, 0.6, 1.2, 0.6])
+    assert s == [0, 1, 0, 1, 0]
+    assert trajectory("if", [0.5, 0.5])[1] == [0, 1]
+
+
+def test_plif_golden():
+    # k = sigmoid(0) = 0.5: v1 = 0.75; v2 = 0.75 + 0.5*(1.5-0.75) = 1.125 fire -> 0;
+    # v3 = 0.75; v4 = 0.75 + 0.5*(0.5-0.75) = 0.625; v5 = 0.625 + 0.5*(2-0.625) = 1.3125 fire
+    h, s = trajectory("plif", [1.5, 1.5, 1.5, 0.5, 2.0])
+    assert h == pytest.approx([0.75, 1.125, 0.75, 0.625, 1.3125])
+    assert s == [0, 1, 0, 0, 1]
+
+
+def test_lif_golden():
+    # tau = 4, k = 0.25, x = 2: v = 0.5, 0.875, 1.15625 fire -> 0, 0.5, 0.875, 1.15625 fire
+    h, s = trajectory("lif", [2.0] * 6, tau0=4.0)
+    assert h == pytest.approx([0.5, 0.875, 1.15625, 0.5, 0.875, 1.15625])
+    assert s == [0, 0, 1, 0, 0, 1]
+
+
+def test_threshold_option():
+    # IF with v_th = 0.25: 0.2 (no), 0.4 (fire), 0.2, 0.4 (fire)
+    assert trajectory("if", [0.2] * 4, v_th=0.25)[1] == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("tau0", [1.5, 2.0, 3.0, 10.0])
+def test_plif_init_tau(tau0):
+    n = Neuron("plif", tau0=tau0)
+    assert 1 / torch.sigmoid(n.w).item() == pytest.approx(tau0)
+    assert n.w.item() == pytest.approx(-math.log(tau0 - 1))
+
+
+@pytest.mark.parametrize("x, alpha, grad", [
+    (0.0, 2.0, 1.0),                 # alpha/2
+    (1 / math.pi, 2.0, 0.5),         # 1 / (1 + (pi * 1/pi)^2)
+    (-1 / math.pi, 2.0, 0.5),
+    (2 / math.pi, 2.0, 0.2),         # 1 / (1 + 4)
+    (0.0, 4.0, 2.0),
+    (1 / (2 * math.pi), 4.0, 1.0),   # 2 / (1 + (2*pi/(2*pi))^2)
+])
+def test_surrogate_values(x, alpha, grad):
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    s = SpikeFn.apply(t, alpha)
+    s.backward()
+    assert s.item() == (1.0 if x >= 0 else 0.0)
+    assert t.grad.item() == pytest.approx(grad)
+
+
+@pytest.mark.parametrize("kind", ["plif", "lif", "if"])
+def test_fused_neuron_matches_autograd_steps(kind):
+    """MultiStepNeuron's hand-written backward through time == autograd through Neuron.step."""
+    seeded(1)
+    n = Neuron(kind, tau0=3.0, alpha=3.0)
+    x = (torch.randn(6, 3, 5, dtype=torch.float64) * 1.5).requires_grad_()
+    g = torch.randn(6, 3, 5, dtype=torch.float64)
+    s = n(x)
+    grads = torch.autograd.grad((s * g).sum(), [x] + list(n.parameters()))
+    v, ref = torch.zeros_like(x[0]), []
+    for t in range(6):
+        st, v = n.step(x[t], v)
+        ref.append(st)
+    ref = torch.stack(ref)
+    ref_grads = torch.autograd.grad((ref * g).sum(), [x] + list(n.parameters()))
+    assert torch.equal(s, ref) and 0 < s.sum() < s.numel()
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert grads[0].abs().sum() > 0
+
+
+def test_neuron_keeps_no_state():
+    n = Neuron("plif")
+    x = torch.rand(4, 2, 3) * 2
+    assert torch.equal(n(x), n(x))
+    assert [k for k, _ in n.named_buffers()] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm per time step
+# ---------------------------------------------------------------------------------------------
+
+def test_time_batchnorm_equals_per_step_bn():
+    seeded(2)
+    tbn, ref = TimeBatchNorm(3), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        tbn.weight.uniform_(0.5, 1.5), tbn.bias.uniform_(-0.5, 0.5)
+    ref.load_state_dict(tbn.state_dict())
+    x = (torch.randn(4, 5, 3, 6, 6) * 2 + 1).requires_grad_()
+    y = tbn(x)
+    y_ref = torch.stack([ref(x[t]) for t in range(4)])
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    # each step normalised with its own statistics: step means are ~0 after BN minus bias
+    assert torch.allclose(y[2].mean(dim=(0, 2, 3)), tbn.bias, atol=1e-5)
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(tbn, name), getattr(ref, name), atol=1e-6)
+    assert tbn.num_batches_tracked.item() == ref.num_batches_tracked.item() == 4
+    g = torch.randn_like(y)
+    gx, = torch.autograd.grad((y * g).sum(), x)
+    gx_ref, = torch.autograd.grad((y_ref * g).sum(), x)
+    assert torch.allclose(gx, gx_ref, atol=1e-5)
+    tbn.eval(), ref.eval()
+    assert torch.allclose(tbn(x), torch.stack([ref(x[t]) for t in range(4)]), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search space
+# ---------------------------------------------------------------------------------------------
+
+def test_search_space_sizes():
+    assert CANDIDATES == ("skip_connect", "SCB_k3", "SCB_k5", "SRB_k3", "SRB_k5")
+    b1, b3 = get_backbone("AutoSNN_16"), get_backbone("SNN_3")
+    assert b1.searched == (0, 2, 3, 5, 6) and b1.size == 3125
+    assert len(b3.searched) == 8 and b3.size == 390625
+    archs = list(all_archs(b1))
+    assert len(archs) == len(set(archs)) == 3125
+    assert all(isinstance(a, Arch) and len(a) == 5 for a in archs[:10])
+
+
+def test_arch_parse_print_roundtrip():
+    text = "SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5"
+    a = parse_arch(text)
+    assert str(a) == text and a == AUTOSNN and parse_arch(str(a)) == a
+    assert full_layout(a, get_backbone("SNN_1")) == ["SRB_k5", "m", "SRB_k5", "skip_connect", "m",
+                                                     "SRB_k3", "SRB_k5", "m"]
+    assert full_layout(a, get_backbone("SNN_4"))[1] == "a"
+    assert resolve_arch("AutoSNN") == AUTOSNN
+    assert set(NAMED_ARCHS) >= {"AutoSNN", "AutoSNN_lam0", "AutoSNN_lam016", "AutoSNN_lam024",
+                                "random_search_lam0", "random_search_lam008", "AutoSNN_ANN_space"}
+
+
+def test_sample_arch_uses_the_given_rng():
+    b = get_backbone("SNN_1")
+    a = [sample_arch(b, random.Random(7)) for _ in range(2)]
+    assert a[0] == a[1]
+    rng = random.Random(0)
+    counts = {c: 0 for c in CANDIDATES}
+    for _ in range(2000):
+        for c in sample_arch(b, rng):
+            counts[c] += 1
+    assert all(abs(n / 10000 - 0.2) < 0.02 for n in counts.values())
+
+
+@pytest.mark.parametrize("text, words", [
+    ("SRB_k5-SRB_k5-skip-SRB_k3-SRB_k5", ["'skip'", "skip_connect, SCB_k3"]),
+    ("SRB_k5-SRB_k5-SRB_k3", ["3 blocks", "5 searched"]),
+    ("SRB_k5-m-SRB_k5-skip_connect-SRB_k3-SRB_k5", ["'m'"]),
+])
+def test_arch_errors(text, words):
+    with pytest.raises(ValueError) as e:
+        parse_arch(text)
+    assert all(w in str(e.value) for w in words)
+
+
+def test_other_input_errors():
+    with pytest.raises(ValueError, match="unknown backbone 'SNN_9'"):
+        get_backbone("SNN_9")
+    with pytest.raises(ValueError, match="T must be"):
+        SpikingNetwork("SNN_1_4", T=0)
+    with pytest.raises(ValueError, match="tau0 must be > 1"):
+        SpikingNetwork("SNN_1_4", T=2, tau0=1.0)
+    with pytest.raises(ValueError, match="unknown neuron"):
+        SpikingNetwork("SNN_1_4", T=2, neuron="relu")
+    with pytest.raises(ValueError, match="unsupported input shape"):
+        SpikingNetwork("SNN_1_4", T=2, input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="one step"):
+        SpikingNetwork("SNN_1_4", T=4, neuron="ann")
+    with pytest.raises(ValueError, match="5 searched positions"):
+        SpikingNetwork("SNN_1_4", arch=["SCB_k3"] * 8)
+    net = SpikingNetwork("SNN_1_4", T=2, arch=AUTOSNN)
+    with pytest.raises(ValueError, match=r"expected \[B, 3, 32, 32\]"):
+        net(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"expected \[B, 3, 32, 32\]"):
+        net(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="not"):
+        net(torch.zeros(2, 3, 32, 32), arch=["SCB_k3"] * 5)
+    with pytest.raises(ValueError, match="one path"):
+        SpikingNetwork("SNN_1_4", T=2)(torch.zeros(2, 3, 32, 32))
+    dvs = SpikingNetwork("SNN_1_4", T=2, input_shape=(2, 2, 32, 32), arch=AUTOSNN)
+    with pytest.raises(ValueError, match=r"expected \[B, 2, 2, 32, 32\]"):
+        dvs(torch.zeros(1, 3, 2, 32, 32))
+    with pytest.raises(ValueError, match="frames"):
+        SpikingNetwork("SNN_1_4", T=2, input_shape=(4, 2, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Network sizes (PAPER.md sec. 8.3 and 1, plus one PLIF scalar per neuron layer)
+# ---------------------------------------------------------------------------------------------
+
+def plif_free(net):
+    return count_parameters(net) - sum(p.numel() for n, p in net.named_parameters() if n.endswith(".w"))
+
+
+def test_exact_parameter_counts():
+    assert count_parameters(SpikingNetwork("AutoSNN_16", 10, AUTOSNN)) == 417_626
+    assert count_parameters(SpikingNetwork("AutoSNN_64", 10, AUTOSNN)) == 5_436_746
+    assert count_parameters(SpikingNetwork("AutoSNN_16", 11, AUTOSNN, input_shape=(2, 128, 128))) == 430_059
+    assert count_parameters(SpikingNetwork("AutoSNN_16", 10)) == 1_367_868
+    assert plif_free(SpikingNetwork("AutoSNN_16", 200, AUTOSNN, input_shape=(3, 64, 64))) == 2_365_552
+    assert plif_free(SpikingNetwork("AutoSNN_16", 100, AUTOSNN)) == 1_339_216
+    assert plif_free(SpikingNetwork("AutoSNN_16", 10, NAMED_ARCHS["AutoSNN_lam0"])) == 565_072
+    assert plif_free(SpikingNetwork("AutoSNN_16", 10, NAMED_ARCHS["AutoSNN_lam024"])) == 500_880
+
+
+@pytest.mark.parametrize("backbone, block, params", [
+    ("SNN_1", "SCB_k3", 269_584), ("SNN_2", "SCB_k3", 173_584), ("SNN_3", "SCB_k3", 686_224),
+    ("SNN_4", "SCB_k3", 269_584), ("SNN_2", "SRB_k5", 471_248), ("SNN_3", "SRB_k3", 697_424),
+])
+def test_design_study_parameter_counts(backbone, block, params):
+    n = len(get_backbone(backbone).searched)
+    assert plif_free(SpikingNetwork(backbone, 10, [block] * n)) == params
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward semantics
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backbone", ["SNN_1_4", "SNN_2_4", "SNN_3_4", "SNN_4_4"])
+def test_every_candidate_everywhere_runs(backbone):
+    seeded(3)
+    net = SpikingNetwork(backbone, num_classes=3, T=2)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    for c in CANDIDATES:
+        arch = [c] * len(net.backbone.searched)
+        net.zero_grad(set_to_none=True)
+        out, stats = net(x, arch)
+        assert out.shape == (2, 3) and torch.all((out >= 0) & (out <= 2))
+        rate_loss(out, y, 2).backward()
+        path = net.path_parameters(arch)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in path)
+        assert stats.spikes > 0
+
+
+def test_output_is_population_rate_summed_over_T():
+    seeded(4)
+    net = SpikingNetwork("SNN_1_4", num_classes=4, arch=AUTOSNN, T=3)
+    captured = {}
+    net.fc_neuron.register_forward_hook(lambda m, i, o: captured.setdefault("s", o))
+    out, _ = net(torch.randn(2, 3, 32, 32))
+    s = captured["s"]                                          # [T, B, 4*10]
+    assert s.shape == (3, 2, 40)
+    assert torch.allclose(out, s.view(3, 2, 4, 10).mean(3).sum(0))
+    assert torch.allclose(out * 10, (out * 10).round())       # multiples of 0.1 in [0, T]
+
+
+def run_pair(net, x, arch, y=None):
+    """Multi-step and one-step-at-a-time forwards (and backwards) on two copies of `net`."""
+    a, b = net, copy.deepcopy(net)
+    oa, sa = a(x, arch)
+    ob, sb = b.forward_stepwise(x, arch)
+    if y is not None:
+        rate_loss(oa, y, net.T).backward()
+        rate_loss(ob, y, net.T).backward()
+    return a, b, (oa, sa), (ob, sb)
+
+
+@pytest.mark.parametrize("backbone, shape, neuron, arch", [
+    ("SNN_1_4", (3, 32, 32), "plif", "SRB_k5-SCB_k3-skip_connect-SRB_k3-SCB_k5"),
+    ("SNN_2_4", (3, 32, 32), "lif", "SCB_k5-SRB_k3-SRB_k5-skip_connect-SRB_k3"),
+    ("SNN_3_4", (3, 32, 32), "if", "skip_connect-skip_connect-SRB_k3-SCB_k3-SRB_k5-SCB_k3-skip_connect-SRB_k3"),
+    ("SNN_4_4", (3, 32, 32), "plif", "SRB_k3-SCB_k3-skip_connect-SRB_k5-SRB_k3"),
+    ("SNN_1_4", (3, 64, 64), "plif", "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3"),
+    ("SNN_1_4", (2, 32, 32), "plif", "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3"),
+])
+def test_multistep_equals_stepwise(backbone, shape, neuron, arch):
+    """Time-folded forward == the original's one-step-at-a-time loop: outputs, spike counts,
+    gradients and BN running statistics (train), outputs and counts (eval)."""
+    seeded(5)
+    T = 3
+    net = SpikingNetwork(backbone, num_classes=3, T=T, input_shape=shape, neuron=neuron,
+                         tau0=3.0, v_th=0.5).double()
+    x = torch.randn(3, T, *shape) if shape[0] == 2 else torch.randn(3, *shape)
+    x, y = x.double() * 2, torch.tensor([0, 1, 2])
+    a, b, (oa, sa), (ob, sb) = run_pair(net, x, arch, y)
+    assert torch.allclose(oa, ob) and sa.names == sb.names
+    assert torch.allclose(sa.counts, sb.counts) and sa.spikes > 0
+    ga = dict((n, p.grad) for n, p in a.named_parameters() if p.grad is not None)
+    gb = dict((n, p.grad) for n, p in b.named_parameters() if p.grad is not None)
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], atol=1e-9), n
+    assert sum(g.abs().sum() for g in ga.values()) > 0
+    for (n, ba), bb in zip(a.named_buffers(), b.buffers()):
+        assert torch.allclose(ba, bb, atol=1e-10), n
+    a.eval(), b.eval()
+    with torch.no_grad():
+        _, _, (oa, sa), (ob, sb) = run_pair(a, x, arch)
+    assert torch.allclose(oa, ob) and torch.allclose(sa.counts, sb.counts)
+    assert sa.spikes > 0
+
+
+def test_stem_bn_runs_once_and_block_bns_every_step():
+    seeded(6)
+    net = SpikingNetwork("SNN_1_4", num_classes=2, arch=AUTOSNN, T=4)
+    net(torch.randn(2, 3, 32, 32))
+    assert net.stem.bn.num_batches_tracked.item() == 1
+    assert net.layers[0]["SRB_k5"].cb1.bn.num_batches_tracked.item() == 4
+    dvs = SpikingNetwork("SNN_1_4", num_classes=2, arch=AUTOSNN, T=4, input_shape=(2, 32, 32))
+    dvs(torch.rand(2, 4, 2, 32, 32))
+    assert dvs.stem.bn.num_batches_tracked.item() == 4
+
+
+def test_dvs128_stem_shapes_and_counts():
+    seeded(7)
+    net = SpikingNetwork("SNN_1_4", num_classes=11, arch=AUTOSNN, T=2, input_shape=(2, 2, 128, 128))
+    out, stats = net(torch.rand(1, 2, 2, 128, 128) * 3)
+    assert out.shape == (1, 11)
+    assert stats.names[:5] == ["stem.n1", "stem.pool1", "stem.n2", "stem.pool2", "layers.0.SRB_k5.n1"]
+    assert stats.sizes[:4] == [4 * 128 * 128, 4 * 64 * 64, 4 * 64 * 64, 4 * 32 * 32]
+
+
+# ---------------------------------------------------------------------------------------------
+# Spike accounting
+# ---------------------------------------------------------------------------------------------
+
+def test_spike_stats_equal_manual_recount():
+    """Recount from hooked layer outputs: every neuron once, every max-pool output once more,
+    identity skips nothing."""
+    seeded(8)
+    net = SpikingNetwork("SNN_1_4", num_classes=3)
+    arch = parse_arch("SRB_k5-skip_connect-skip_connect-SCB_k3-SRB_k3", net.backbone)
+    seen = []
+    for name, m in net.named_modules():
+        if isinstance(m, (Neuron, MaxPool)):
+            m.register_forward_hook(lambda m, i, o, name=name: seen.append((name, o)))
+    B = 3
+    out, stats = net(torch.randn(B, 3, 32, 32), arch)
+    neuron_total = sum(o.sum().item() for n, o in seen if not isinstance(net.get_submodule(n), MaxPool))
+    pool_total = sum(o.sum().item() for n, o in seen if isinstance(net.get_submodule(n), MaxPool))
+    assert stats.neuron_spikes.item() == pytest.approx(neuron_total / B)
+    assert stats.spikes.item() == pytest.approx((neuron_total + pool_total) / B)
+    assert pool_total > 0
+    assert stats.names == [n for n, _ in seen]
+    # position 2 is a channel-doubling skip (conv1x1 + BN + neuron), position 3 an identity
+    assert "layers.2.skip_connect.n1" in stats.names
+    assert not any(n.startswith("layers.3.") for n in stats.names)
+    rates = stats.firing_rates()
+    for n, o in seen:
+        assert rates[n].item() == pytest.approx(o.mean().item())
+    summary = stats.summary()
+    assert summary["spikes"] == pytest.approx(stats.spikes.item())
+    assert (stats + stats).spikes.item() == pytest.approx(stats.spikes.item())
+    assert stats.counts.device == out.device and stats.counts.dtype == torch.float64
+
+
+def test_large_counts_are_exact():
+    # 2 * 4097 * 4097 = 33,570,818 spikes: not representable in float32 (spacing 4 at 2^25)
+    from autosnn import Trace
+    spikes = torch.ones(1, 1, 1).expand(2, 4097, 4097)
+    tr = Trace()
+    tr.record(Neuron(), spikes, "neuron")
+    assert tr.counts["neuron"].item() == 33_570_818
+
+
+def test_ann_mode():
+    seeded(9)
+    net = SpikingNetwork("SNN_1_4", num_classes=5, arch=AUTOSNN, T=1, neuron="ann")
+    out, stats = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 5) and net.fc.out_features == 5
+    assert stats.spikes.item() == 0 and (out < 0).any()          # plain logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Super-network and child
+# ---------------------------------------------------------------------------------------------
+
+def test_child_from_supernet_is_identical():
+    seeded(10)
+    sup = SpikingNetwork("SNN_1_4", num_classes=3, T=3, v_th=0.5)
+    x = torch.randn(4, 3, 32, 32) * 2
+    for _ in range(2):                                   # move BN running stats off their init
+        sup(x, AUTOSNN)
+    child = SpikingNetwork("SNN_1_4", num_classes=3, T=3, v_th=0.5, arch=AUTOSNN)
+    missing = child.load_state_dict(sup.path_state_dict(AUTOSNN))
+    assert not missing.missing_keys and not missing.unexpected_keys
+    assert count_parameters(child) == sum(p.numel() for p in sup.path_parameters(AUTOSNN))
+    for mode in ("eval", "train"):
+        getattr(sup, mode)(), getattr(child, mode)()
+        o1, s1 = sup(x, AUTOSNN)
+        o2, s2 = child(x)
+        assert torch.equal(o1, o2) and torch.equal(s1.counts, s2.counts) and s1.names == s2.names
+        assert s1.spikes > 0
+
+
+def test_supernet_path_touches_no_other_weights():
+    seeded(11)
+    sup = SpikingNetwork("SNN_1_4", num_classes=3, T=2)
+    arch = parse_arch("SCB_k3-SRB_k5-skip_connect-SRB_k3-SCB_k5", sup.backbone)
+    before = {k: v.clone() for k, v in sup.state_dict().items()}
+    out, _ = sup(torch.randn(2, 3, 32, 32), arch)
+    rate_loss(out, torch.tensor([0, 1]), 2).backward()
+    on_path = set(sup.path_state_dict(arch))
+    for name, p in sup.named_parameters():
+        assert (p.grad is not None) == (name in on_path), name
+    changed = {k for k, v in sup.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= on_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and accuracy
+# ---------------------------------------------------------------------------------------------
+
+def test_rate_loss_and_ties():
+    out = torch.tensor([[4.0, 0.0], [2.0, 2.0]])          # T = 4: rates [1, 0] and [0.5, 0.5]
+    y = torch.tensor([0, 1])
+    # squared errors: (0 + 0 + 0.25 + 0.25) / 4 elements
+    assert rate_loss(out, y, 4).item() == pytest.approx(0.125)
+    assert predict(out).tolist() == [0, 0]                 # tie -> lowest class index
+    assert predict(torch.tensor([[0.1, 0.3, 0.3]])).tolist() == [1]
