@@ -187,16 +187,27 @@ class Neuron(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 class Trace:
-    """Per-forward bookkeeping, passed down explicitly: spike counts per layer and, when running one
-    step at a time, the membrane potentials carried between steps. Created by the caller of a
-    forward, so modules themselves never hold state."""
+    """Per-forward bookkeeping, passed down explicitly: spike counts per layer, synaptic operations
+    per weight layer (when `energy`), and, when running one step at a time, the membrane potentials
+    carried between steps. Created by the caller of a forward: modules themselves hold no state."""
 
-    def __init__(self, stepwise: bool = False, counting: bool = True):
+    def __init__(self, stepwise: bool = False, counting: bool = True, energy: bool = False):
         self.counting = counting                       # False for the ANN ablation: no spikes to count
+        self.energy = energy and counting
         self.counts: dict[str, torch.Tensor] = {}      # layer name -> spikes over batch and T (float64)
         self.kinds: dict[str, str] = {}                # 'neuron' or 'pool' (a pool's spikes counted again)
         self.sizes: dict[str, int] = {}                # units per image per step
+        self.sops: dict[str, torch.Tensor] = {}        # weight layer -> synaptic operations over batch and T
+        self.macs: dict[str, int] = {}                 # weight layer -> dense MACs per image per step
+        self.analog: dict[str, bool] = {}              # True: analog input, MACs once per image (static stem)
         self.membranes = {} if stepwise else None
+
+    def copy(self) -> Trace:
+        """An independent continuation (used to branch a shared prefix of several paths)."""
+        t = Trace(counting=self.counting, energy=self.energy)
+        for k in ("counts", "kinds", "sizes", "sops", "macs", "analog"):
+            setattr(t, k, dict(getattr(self, k)))
+        return t
 
     def record(self, module: nn.Module, spikes: torch.Tensor, kind: str) -> None:
         """spikes: [T, B, ...] binary. Counted exactly for any batch: float32 sums per image and step
@@ -208,12 +219,61 @@ class Trace:
         self.counts[name] = self.counts[name] + count if name in self.counts else count
         self.kinds[name], self.sizes[name] = kind, spikes[0, 0].numel()
 
+    def synapse(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, analog: bool = False) -> None:
+        """A weight layer's work. x: its input [T, B, C, H, W] / [T, B, F] (spikes or event counts), y: output.
+
+        Synaptic operations = sum over input positions of (input value) x (outputs it reaches): for a
+        conv, out_channels x the true fan-out of that pixel (fewer at padded edges or with stride).
+        Dense MACs (what an ANN or the analog first layer pays) = outputs x inputs per output."""
+        if not self.energy:
+            return
+        name = module.tag
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            macs = y.shape[-3] * y.shape[-2] * y.shape[-1] * k
+            if not analog:
+                spatial = x.flatten(0, -3).sum(0, dtype=torch.float64)          # [H, W] input per pixel
+                fan = fanout(module, tuple(x.shape[-2:]), x.device)
+                sops = (spatial * fan).sum() * (module.out_channels // module.groups)
+        else:                                                                # Linear on [T, B, F]
+            macs = module.in_features * module.out_features
+            sops = x.sum(dtype=torch.float64) * module.out_features
+        if analog:
+            sops = torch.zeros((), dtype=torch.float64, device=x.device)
+        self.sops[name] = self.sops[name] + sops if name in self.sops else sops
+        self.macs[name], self.analog[name] = macs, analog
+
+
+_FANOUT: dict = {}
+
+
+def fanout(conv: nn.Conv2d, size: tuple, device) -> torch.Tensor:
+    """[H, W] float64: how many output pixels of `conv` each input pixel reaches (padding and stride
+    included), computed as a transposed convolution of ones. Cached per geometry."""
+    key = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, size, str(device))
+    if key not in _FANOUT:
+        H, W = size
+        out = F.conv2d(torch.zeros(1, 1, H, W), torch.zeros(1, 1, *conv.kernel_size), None,
+                       conv.stride, conv.padding, conv.dilation).shape[-2:]
+        ones = torch.ones(1, 1, *out, dtype=torch.float64)
+        fan = F.conv_transpose2d(ones, torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64), None,
+                                 conv.stride, conv.padding, dilation=conv.dilation)
+        fan = F.pad(fan, (0, W - fan.shape[-1], 0, H - fan.shape[-2]))      # rows/cols no output uses
+        _FANOUT[key] = fan[0, 0].to(device)
+    return _FANOUT[key]
+
+
+# 45 nm energy per operation, the figures commonly cited from Horowitz (ISSCC 2014), in pJ
+E_AC, E_MAC = 0.9, 4.6
+
 
 @dataclass
 class SpikeStats:
-    """Spike counts of one forward (or several, added with +). Tensors stay on the device.
+    """Spike counts (and synaptic operations) of one forward, or several added with +.
+    Tensors stay on the device until summary() / energy().
 
     counts: [L] float64 total spikes per layer over the batch and all T steps, in layer order.
+    sops: [W] float64 synaptic operations per weight layer over the batch and all T steps.
     """
     names: list
     kinds: list
@@ -221,20 +281,27 @@ class SpikeStats:
     counts: torch.Tensor
     batch: int
     T: int
+    syn_names: list
+    macs: list
+    analog: list
+    sops: torch.Tensor
 
     @classmethod
     def from_trace(cls, trace: Trace, batch: int, T: int, device) -> SpikeStats:
-        names = list(trace.counts)
-        counts = (torch.stack([trace.counts[n] for n in names]) if names
-                  else torch.zeros(0, dtype=torch.float64, device=device))
+        def stack(d, names):
+            return (torch.stack([d[n] for n in names]) if names
+                    else torch.zeros(0, dtype=torch.float64, device=device))
+        names, syn = list(trace.counts), list(trace.sops)
         return cls(names, [trace.kinds[n] for n in names], [trace.sizes[n] for n in names],
-                   counts, batch, T)
+                   stack(trace.counts, names), batch, T, syn, [trace.macs[n] for n in syn],
+                   [trace.analog[n] for n in syn], stack(trace.sops, syn))
 
     def __add__(self, other: SpikeStats) -> SpikeStats:
-        if self.names != other.names:
+        if self.names != other.names or self.syn_names != other.syn_names:
             raise ValueError("cannot add spike statistics of different paths")
         return SpikeStats(self.names, self.kinds, self.sizes, self.counts + other.counts,
-                          self.batch + other.batch, self.T)
+                          self.batch + other.batch, self.T, self.syn_names, self.macs, self.analog,
+                          self.sops + other.sops)
 
     @property
     def spikes(self) -> torch.Tensor:
@@ -264,6 +331,21 @@ class SpikeStats:
                 "per_layer": {n: x / self.batch for n, x in zip(self.names, c)},
                 "firing_rate": {n: x / (self.batch * self.T * s) for n, x, s in zip(self.names, c, self.sizes)}}
 
+    def energy(self, e_ac: float = E_AC, e_mac: float = E_MAC) -> dict:
+        """An ESTIMATE of inference energy per image (not a measurement): synaptic accumulates at
+        e_ac pJ each plus the analog first layer's MACs at e_mac pJ, beside the same network run as
+        an ANN (every weight layer's dense MACs once, at e_mac). Needs a forward with energy=True."""
+        if not self.syn_names:
+            raise ValueError("no synaptic operations recorded: run the forward with energy=True")
+        sops = [s / self.batch for s in self.sops.cpu().tolist()]
+        first = sum(m for m, a in zip(self.macs, self.analog) if a)
+        total = sum(sops)
+        per_layer = {n: {"sops": s, "ann_macs": m} for n, s, m in zip(self.syn_names, sops, self.macs)}
+        return {"estimate": f"{e_ac} pJ per accumulate, {e_mac} pJ per multiply-accumulate (45 nm)",
+                "sops": total, "first_layer_macs": first, "energy_uj": (e_ac * total + e_mac * first) * 1e-6,
+                "ann_macs": sum(self.macs), "ann_energy_uj": e_mac * sum(self.macs) * 1e-6,
+                "per_layer": per_layer}
+
 
 # ----------------------------------------------------------------------------------------------
 # Layers and candidate blocks
@@ -272,6 +354,34 @@ class SpikeStats:
 def fold(layer, x: torch.Tensor) -> torch.Tensor:
     """Apply a per-image layer to [T, B, ...] by merging T into the batch: [T*B, ...] -> [T, B, ...]."""
     return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+class Conv(nn.Conv2d):
+    """nn.Conv2d (no bias) on [T, B, C, H, W], time folded into the batch; counts synaptic operations."""
+
+    def __init__(self, cin, cout, k, stride=1, padding=None, analog=False):
+        super().__init__(cin, cout, k, stride, k // 2 if padding is None else padding, bias=False)
+        self.tag, self.analog = "conv", analog      # analog: its input is an image, not spikes
+
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+        y = fold(super().forward, x)
+        if trace is not None:
+            trace.synapse(self, x, y, self.analog)
+        return y
+
+
+class Linear(nn.Linear):
+    """nn.Linear (no bias) on [T, B, F]; counts synaptic operations."""
+
+    def __init__(self, fin, fout):
+        super().__init__(fin, fout, bias=False)
+        self.tag = "fc"
+
+    def forward(self, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+        y = super().forward(x)
+        if trace is not None:
+            trace.synapse(self, x, y)
+        return y
 
 
 class TimeBatchNorm(nn.BatchNorm2d):
@@ -287,19 +397,17 @@ class TimeBatchNorm(nn.BatchNorm2d):
         if not self.training:
             return F.batch_norm(x.flatten(0, 1), self.running_mean, self.running_var,
                                 self.weight, self.bias, False, 0.0, self.eps).view_as(x)
-        # One call: channel c of step t becomes channel t*C + c of a [B, T*C, H, W] batch.
-        m = self.momentum
-        r_mean, r_var = self.running_mean.repeat(T), self.running_var.repeat(T)
-        y = F.batch_norm(x.transpose(0, 1).reshape(B, T * C, H, W), r_mean, r_var,
-                         self.weight.repeat(T), self.bias.repeat(T), True, m, self.eps)
-        with torch.no_grad():
-            # The call above moved every copy once from the same start r: u_t = (1-m) r + m stat_t.
-            # T sequential updates give r_T = (1-m)^T r + sum_t (1-m)^(T-1-t) m stat_t.
-            w = (1 - m) ** torch.arange(T - 1, -1, -1, device=x.device, dtype=x.dtype)
-            for run, upd in ((self.running_mean, r_mean), (self.running_var, r_var)):
-                step_terms = upd.view(T, C) - (1 - m) * run
-                run.mul_((1 - m) ** T).add_((w[:, None] * step_terms).sum(0))
-            self.num_batches_tracked += T
+        # One call: channel c of step t becomes channel t*C + c of a [B, T*C, H, W] batch. With
+        # momentum 1 the two buffers receive each step's batch mean and unbiased variance.
+        step_mean, step_var = x.new_zeros(T * C), x.new_ones(T * C)
+        y = F.batch_norm(x.transpose(0, 1).reshape(B, T * C, H, W), step_mean, step_var,
+                         self.weight.repeat(T), self.bias.repeat(T), True, 1.0, self.eps)
+        with torch.no_grad():                      # the T running-statistics updates, in order
+            for mean, var in zip(step_mean.view(T, C), step_var.view(T, C)):
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
+                self.running_mean.lerp_(mean, m)
+                self.running_var.lerp_(var, m)
         return y.view(B, T, C, H, W).transpose(0, 1).contiguous()
 
 
@@ -308,11 +416,11 @@ class ConvBN(nn.Module):
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+        self.conv = Conv(cin, cout, k, stride)
         self.bn = TimeBatchNorm(cout)
 
-    def forward(self, x):
-        return self.bn(fold(self.conv, x))
+    def forward(self, x, trace=None):
+        return self.bn(self.conv(x, trace))
 
 
 class SCB(nn.Module):
@@ -324,7 +432,7 @@ class SCB(nn.Module):
         self.cb2, self.n2 = ConvBN(cout, cout, k), neuron()
 
     def forward(self, x, trace):
-        return self.n2(self.cb2(self.n1(self.cb1(x), trace)), trace)
+        return self.n2(self.cb2(self.n1(self.cb1(x, trace), trace), trace), trace)
 
 
 class SRB(nn.Module):
@@ -336,10 +444,12 @@ class SRB(nn.Module):
         super().__init__()
         self.cb1, self.n1 = ConvBN(cin, cout, k, stride), neuron()
         self.cb2, self.n2 = ConvBN(cout, cout, k), neuron()
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
+        if not (stride == 1 and cin == cout):
+            self.shortcut = ConvBN(cin, cout, 1, stride)
 
     def forward(self, x, trace):
-        return self.n2(self.cb2(self.n1(self.cb1(x), trace)) + self.shortcut(x), trace)
+        residual = self.shortcut(x, trace) if hasattr(self, "shortcut") else x
+        return self.n2(self.cb2(self.n1(self.cb1(x, trace), trace), trace) + residual, trace)
 
 
 class FactorizedReduce(nn.Module):
@@ -347,11 +457,11 @@ class FactorizedReduce(nn.Module):
 
     def __init__(self, cin, cout):
         super().__init__()
-        self.conv_a = nn.Conv2d(cin, cout // 2, 1, 2, bias=False)
-        self.conv_b = nn.Conv2d(cin, cout - cout // 2, 1, 2, bias=False)
+        self.conv_a = Conv(cin, cout // 2, 1, 2)
+        self.conv_b = Conv(cin, cout - cout // 2, 1, 2)
 
-    def forward(self, x):
-        return torch.cat([self.conv_a(x), self.conv_b(x[:, :, 1:, 1:])], dim=1)
+    def forward(self, x, trace=None):
+        return torch.cat([self.conv_a(x, trace), self.conv_b(x[..., 1:, 1:], trace)], dim=2)
 
 
 class Skip(nn.Module):
@@ -362,11 +472,11 @@ class Skip(nn.Module):
         super().__init__()
         self.identity = stride == 1 and cin == cout
         if not self.identity:
-            self.conv = nn.Conv2d(cin, cout, 1, bias=False) if stride == 1 else FactorizedReduce(cin, cout)
+            self.conv = Conv(cin, cout, 1) if stride == 1 else FactorizedReduce(cin, cout)
             self.bn, self.n1 = TimeBatchNorm(cout), neuron()
 
     def forward(self, x, trace):
-        return x if self.identity else self.n1(self.bn(fold(self.conv, x)), trace)
+        return x if self.identity else self.n1(self.bn(self.conv(x, trace)), trace)
 
 
 def make_block(name: str, cin: int, cout: int, stride: int, neuron) -> nn.Module:
@@ -421,7 +531,7 @@ class Stem(nn.Module):
     def __init__(self, kind: str, cin: int, C: int, neuron):
         super().__init__()
         self.kind = kind
-        self.conv = nn.Conv2d(cin, C, 3, 1, 1, bias=False)
+        self.conv = Conv(cin, C, 3, analog=kind.startswith("static"))
         self.bn = TimeBatchNorm(C) if kind.startswith("event") else nn.BatchNorm2d(C)
         self.n1 = neuron()
         if kind in ("static64", "event128"):
@@ -429,16 +539,17 @@ class Stem(nn.Module):
         if kind == "event128":
             self.pool2 = MaxPool()
 
-    def encode(self, x: torch.Tensor, T: int) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, T: int, trace: Trace | None = None) -> torch.Tensor:
         """The input current of the stem neuron: [T, B, C, H, W]. x: [B, 3, H, W] or [B, T, 2, H, W]."""
         if self.kind.startswith("event"):
-            return self.bn(fold(self.conv, x.transpose(0, 1)))
-        return self.bn(self.conv(x)).expand(T, -1, -1, -1, -1)   # same current at every step
+            return self.bn(self.conv(x.transpose(0, 1), trace))
+        current = self.bn(self.conv(x.unsqueeze(0), trace)[0])     # once per image
+        return current.expand(T, -1, -1, -1, -1)                   # the same current at every step
 
     def forward(self, current: torch.Tensor, trace: Trace) -> torch.Tensor:
         s = self.n1(current, trace)
         if self.kind in ("static64", "event128"):
-            s = self.n2(self.cb2(self.pool1(s, trace)), trace)
+            s = self.n2(self.cb2(self.pool1(s, trace), trace), trace)
         return self.pool2(s, trace) if self.kind == "event128" else s
 
 
@@ -473,6 +584,7 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"num_classes must be >= 1 (got {num_classes})")
         Neuron(neuron, tau0, v_th, alpha)      # validate the options once, with a clear error
         self.T, self.num_classes, self.input_shape, self.neuron = T, num_classes, input_shape, neuron
+        self.neuron_options = {"tau0": tau0, "v_th": v_th, "alpha": alpha}
         self.arch = None if arch is None else parse_arch(arch, self.backbone)
 
         def make_neuron():
@@ -495,10 +607,10 @@ class SpikingNetwork(nn.Module):
         self.gap = make_neuron() if bb.gap else None
         side = 1 if bb.gap else 4
         population = 1 if neuron == "ann" else POPULATION
-        self.fc = nn.Linear(cin * side * side, num_classes * population, bias=False)
+        self.fc = Linear(cin * side * side, num_classes * population)
         self.fc_neuron = None if neuron == "ann" else make_neuron()
         for name, m in self.named_modules():     # layer names for the spike statistics
-            if isinstance(m, (Neuron, MaxPool)):
+            if isinstance(m, (Neuron, MaxPool, Conv, Linear)):
                 m.tag = name
 
     @property
@@ -522,35 +634,49 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"input of shape {tuple(x.shape)} does not fit this network: expected "
                              f"[B, {', '.join(map(str, want))}]")
 
-    def body(self, current: torch.Tensor, arch: Arch, trace: Trace) -> torch.Tensor:
-        """Everything after the analog stem input. current: [T, B, C, H, W] -> class rates [T, B, K]."""
-        x = self.stem(current, trace)
+    def layout(self, arch: Arch) -> list:
+        """The block name at every backbone position, None at fixed pools: ['SRB_k5', None, ...]."""
         blocks = iter(arch)
-        for pos, layer in zip(self.backbone.positions, self.layers):
-            x = layer[next(blocks)](x, trace) if pos.kind == "search" else layer(x, trace)
+        return [next(blocks) if p.kind == "search" else None for p in self.backbone.positions]
+
+    def run_position(self, i: int, x: torch.Tensor, block: str | None, trace: Trace) -> torch.Tensor:
+        """Backbone position i with the given block (None at a fixed pool). x: [T, B, C, H, W]."""
+        layer = self.layers[i]
+        return layer(x, trace) if block is None else layer[block](x, trace)
+
+    def head(self, x: torch.Tensor, trace: Trace) -> torch.Tensor:
+        """(Spiking GAP,) classifier and population average. x: [T, B, C, H, W] -> rates [T, B, K]."""
         if self.gap is not None:
             x = self.gap(x.mean(dim=(3, 4), keepdim=True), trace)
-        y = fold(self.fc, x.flatten(2))                                   # [T, B, K * population]
+        y = self.fc(x.flatten(2), trace)                                  # [T, B, K * population]
         if self.fc_neuron is None:
             return y
         s = self.fc_neuron(y, trace)
         return s.unflatten(2, (self.num_classes, POPULATION)).mean(3)     # the "boost" average
 
-    def forward(self, x: torch.Tensor, arch: Arch | str | None = None):
-        """x: [B, 3, H, W] or [B, T, 2, H, W] -> (out [B, K] class rates summed over T, SpikeStats)."""
+    def body(self, current: torch.Tensor, arch: Arch, trace: Trace) -> torch.Tensor:
+        """Everything after the analog stem input. current: [T, B, C, H, W] -> class rates [T, B, K]."""
+        x = self.stem(current, trace)
+        for i, block in enumerate(self.layout(arch)):
+            x = self.run_position(i, x, block, trace)
+        return self.head(x, trace)
+
+    def forward(self, x: torch.Tensor, arch: Arch | str | None = None, energy: bool = False):
+        """x: [B, 3, H, W] or [B, T, 2, H, W] -> (out [B, K] class rates summed over T, SpikeStats).
+        energy=True also counts synaptic operations (SpikeStats.energy())."""
         arch = self._path(arch)
         self._check_input(x)
-        trace = Trace(counting=self.neuron != "ann")
-        out = self.body(self.stem.encode(x, self.T), arch, trace).sum(0)
+        trace = Trace(counting=self.neuron != "ann", energy=energy)
+        out = self.body(self.stem.encode(x, self.T, trace), arch, trace).sum(0)
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
 
-    def forward_stepwise(self, x: torch.Tensor, arch: Arch | str | None = None):
+    def forward_stepwise(self, x: torch.Tensor, arch: Arch | str | None = None, energy: bool = False):
         """The same forward run one time step at a time, neurons under plain autograd: the original
         code's form, kept as the reference for equivalence tests and speed comparisons."""
         arch = self._path(arch)
         self._check_input(x)
-        trace = Trace(stepwise=True, counting=self.neuron != "ann")
-        current = self.stem.encode(x, self.T)
+        trace = Trace(stepwise=True, counting=self.neuron != "ann", energy=energy)
+        current = self.stem.encode(x, self.T, trace)
         out = sum(self.body(c.unsqueeze(0), arch, trace)[0] for c in current.unbind(0))
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
 
@@ -560,6 +686,13 @@ class SpikingNetwork(nn.Module):
         drop = tuple(f"layers.{i}.{c}." for i, chosen in zip(self.backbone.searched, arch)
                      for c in self.backbone.candidates if c != chosen)
         return {k: v for k, v in self.state_dict().items() if not k.startswith(drop)}
+
+    def child(self, arch: Arch | str) -> SpikingNetwork:
+        """A child network of `arch` holding this super-network's path weights (same device)."""
+        net = SpikingNetwork(self.backbone, self.num_classes, arch, self.T, self.input_shape,
+                             self.neuron, **self.neuron_options)
+        net.load_state_dict(self.path_state_dict(arch))
+        return net.to(self.fc.weight.device)
 
     def path_parameters(self, arch: Arch | str):
         """Trainable parameters on one path (all of them for a child)."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autosnn import (MaxPool, MultiStepNeuron, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm,
+from autosnn import (MaxPool, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm,
                      _charge_fire_reset, count_parameters, predict, rate_loss)
 from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout,
                           get_backbone, parse_arch, resolve_arch, sample_arch)
@@ -117,9 +117,10 @@ def test_neuron_keeps_no_state():
 # BatchNorm per time step
 # ---------------------------------------------------------------------------------------------
 
-def test_time_batchnorm_equals_per_step_bn():
+@pytest.mark.parametrize("momentum", [0.1, None])     # None: cumulative average (BN recalibration)
+def test_time_batchnorm_equals_per_step_bn(momentum):
     seeded(2)
-    tbn, ref = TimeBatchNorm(3), nn.BatchNorm2d(3)
+    tbn, ref = TimeBatchNorm(3, momentum=momentum), nn.BatchNorm2d(3, momentum=momentum)
     with torch.no_grad():
         tbn.weight.uniform_(0.5, 1.5), tbn.bias.uniform_(-0.5, 0.5)
     ref.load_state_dict(tbn.state_dict())
@@ -132,6 +133,9 @@ def test_time_batchnorm_equals_per_step_bn():
     for name in ("running_mean", "running_var"):
         assert torch.allclose(getattr(tbn, name), getattr(ref, name), atol=1e-6)
     assert tbn.num_batches_tracked.item() == ref.num_batches_tracked.item() == 4
+    tbn(x), [ref(x[t]) for t in range(4)]                   # a second batch: 8 updates in all
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(tbn, name), getattr(ref, name), atol=1e-6)
     g = torch.randn_like(y)
     gx, = torch.autograd.grad((y * g).sum(), x)
     gx_ref, = torch.autograd.grad((y_ref * g).sum(), x)
@@ -444,3 +448,54 @@ def test_rate_loss_and_ties():
     assert rate_loss(out, y, 4).item() == pytest.approx(0.125)
     assert predict(out).tolist() == [0, 0]                 # tie -> lowest class index
     assert predict(torch.tensor([[0.1, 0.3, 0.3]])).tolist() == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Synaptic operations and the energy estimate
+# ---------------------------------------------------------------------------------------------
+
+def test_synaptic_ops_hand_count():
+    from autosnn import Conv, Linear, Trace
+    conv = Conv(1, 2, 3)                       # 3x3, padding 1, on 4x4: corner reaches 4 outputs,
+    x = torch.zeros(1, 1, 1, 4, 4)             # edge 6, interior 9 (per output channel)
+    x[..., 0, 0] = x[..., 0, 2] = x[..., 2, 2] = 1
+    tr = Trace(energy=True)
+    conv(x, tr)
+    assert tr.sops["conv"].item() == 2 * (4 + 6 + 9)
+    assert tr.macs["conv"] == 2 * 16 * 9       # dense: 2 channels x 16 outputs x 9 inputs each
+    strided = Conv(1, 3, 1, stride=2)          # 1x1 stride 2: only even rows/cols are read
+    x = torch.zeros(2, 1, 1, 4, 4)
+    x[0, ..., 0, 0] = x[1, ..., 2, 2] = x[0, ..., 1, 1] = x[1, ..., 3, 0] = 1
+    tr = Trace(energy=True)
+    strided(x, tr)
+    assert tr.sops["conv"].item() == 3 * 2
+    fc = Linear(5, 7)
+    tr = Trace(energy=True)
+    fc(torch.tensor([[[1.0, 0, 1, 1, 0]]]), tr)
+    assert tr.sops["fc"].item() == 3 * 7 and tr.macs["fc"] == 35
+
+
+def test_energy_without_spikes_is_first_layer_only():
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=1e9).eval()
+    _, stats = net(torch.randn(2, 3, 32, 32), energy=True)
+    e = stats.energy()
+    assert stats.spikes.item() == 0 and e["sops"] == 0
+    assert e["first_layer_macs"] == 4 * 32 * 32 * 3 * 9          # the analog stem conv, once per image
+    assert e["energy_uj"] == pytest.approx(4.6 * e["first_layer_macs"] * 1e-6)
+    assert e["ann_macs"] > e["first_layer_macs"]
+    assert e["ann_energy_uj"] == pytest.approx(4.6 * e["ann_macs"] * 1e-6)
+    assert stats.energy(e_ac=1.0, e_mac=2.0)["energy_uj"] == pytest.approx(2.0 * e["first_layer_macs"] * 1e-6)
+
+
+def test_energy_counts_agree_between_forms():
+    seeded(12)
+    net = SpikingNetwork("SNN_3_4", num_classes=3, T=2, v_th=0.5)
+    arch = parse_arch("skip_connect-skip_connect-SRB_k3-SCB_k3-SRB_k5-skip_connect-SRB_k3-SCB_k3", net.backbone)
+    x = torch.randn(3, 3, 32, 32) * 2
+    _, a = net(x, arch, energy=True)
+    _, b = copy.deepcopy(net).forward_stepwise(x, arch, energy=True)
+    assert a.syn_names == b.syn_names and torch.allclose(a.sops, b.sops) and a.sops.sum() > 0
+    assert "layers.1.skip_connect.conv.conv_a" in a.syn_names      # factorized reduce: both halves
+    assert "layers.1.skip_connect.conv.conv_b" in a.syn_names
+    with pytest.raises(ValueError, match="energy=True"):
+        net(x, arch)[1].energy()
