@@ -1,0 +1,611 @@
+"""Tests for data.py: every loader on tiny files written here in the exact on-disk format, the batch
+transforms against hand-computed values, splits, determinism, caching, download and every error path."""
+import dataclasses
+import hashlib
+import io
+import pickle
+import shutil
+import struct
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from data import load_dataset
+
+CIFAR10_MEAN = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
+CIFAR10_STD = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
+
+
+def raw_pixels(x):
+    """Undo CIFAR-10 normalisation: [B, 3, H, W] -> pixel values 0..255 (float)."""
+    return (x * CIFAR10_STD + CIFAR10_MEAN) * 255
+
+
+# ---------------------------------------------------------------------------------------------- writers
+
+def write_pickle(path, obj):
+    """Protocol 2 with numpy 1.x module names, like the published CIFAR pickles."""
+    path.write_bytes(pickle.dumps(obj, protocol=2).replace(b"numpy._core.", b"numpy.core."))
+
+
+def write_cifar10(root, per_batch=4, seed=0):
+    """cifar-10-batches-py/ with 5 training batches and a test batch; returns (train_x, train_y, test_x, test_y)
+    with images as uint8 [N, 3, 32, 32]."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, per_batch).tolist()
+        write_pickle(folder / name, {b"batch_label": name.encode(), b"labels": y, b"data": x,
+                                     b"filenames": [b"f.png"] * per_batch})
+        xs.append(x.reshape(-1, 3, 32, 32))
+        ys.append(np.array(y))
+    return np.concatenate(xs[:5]), np.concatenate(ys[:5]), xs[5], ys[5]
+
+
+def tar_gz(src_root, folder, archive):
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src_root / folder, arcname=folder)
+    return hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+AEDAT31_HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"
+
+
+def polarity_packet(events, overflow=0):
+    """events: (x, y, p, t[, valid]) -> AEDAT 3.1 polarity packet (type 1, 8-byte events)."""
+    body = b"".join(struct.pack("<Ii", (e[0] << 17) | (e[1] << 2) | (e[2] << 1) | (e[4] if len(e) > 4 else 1), e[3])
+                    for e in events)
+    n = len(events)
+    return struct.pack("<hhiiiiii", 1, 1, 8, 4, overflow, n, n, n) + body
+
+
+def other_packet():
+    """A 2-event packet of type 2 (frame), 12 bytes each; its bytes would decode to junk if not skipped."""
+    return struct.pack("<hhiiiiii", 2, 1, 12, 8, 0, 2, 2, 2) + bytes(range(200, 224))
+
+
+def aedat20(events):
+    """events: (raw x, y, raw polarity bit, t) -> AEDAT 2.0 file bytes (big-endian address, timestamp)."""
+    return b"#!AER-DAT2.0\r\n# This is a raw AE data file\r\n" + b"".join(
+        struct.pack(">II", (y << 8) | (x << 1) | p, t) for x, y, p, t in events)
+
+
+# ---------------------------------------------------------------------------------------------- static data
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="cifar10, cifar100, svhn, tinyimagenet, cifar10dvs"):
+        load_dataset("mnist")
+
+
+@pytest.mark.parametrize("kwargs", [dict(T=0), dict(split_by="space"), dict(cutout=-1)])
+def test_bad_options(kwargs):
+    with pytest.raises(ValueError):
+        load_dataset("synthetic", **kwargs)
+
+
+def test_cifar10_pixels_labels_and_normalisation(tmp_path):
+    xtr, ytr, xte, yte = write_cifar10(tmp_path)
+    ds = load_dataset("cifar10", root=tmp_path)
+    assert (ds.name, ds.num_classes, ds.input_shape, ds.is_event) == ("cifar10", 10, (3, 32, 32), False)
+    assert len(ds.split("train")) == 20 and len(ds.split("test")) == 4
+    x, y = next(ds.batches("test", 100))
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape == (4, 3, 32, 32)
+    assert torch.equal(y, torch.from_numpy(yte))
+    assert torch.allclose(raw_pixels(x), torch.from_numpy(xte).float(), atol=1e-3)
+    # pixel 0 of the pickle row is R at (0, 0); pixel 1024 is G at (0, 0)
+    assert ds.train_data.images[0, 1, 0, 0] == np.frombuffer(xtr.tobytes(), np.uint8)[1024]
+    assert torch.equal(ds.train_data.labels, torch.from_numpy(ytr))
+
+
+def test_cifar100_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    x = np.arange(3 * 3072, dtype=np.uint8).reshape(3, 3072)
+    for name in ("train", "test"):
+        write_pickle(folder / name, {b"data": x, b"fine_labels": [99, 0, 42], b"coarse_labels": [1, 2, 3]})
+    ds = load_dataset("cifar100", root=tmp_path)
+    assert ds.num_classes == 100 and ds.train_data.labels.tolist() == [99, 0, 42]
+    assert torch.equal(ds.test_data.images, torch.from_numpy(x.reshape(3, 3, 32, 32)))
+
+
+@pytest.mark.parametrize("obj, match", [
+    ({b"data": np.zeros((2, 3072), np.uint8)}, "lacks the keys"),
+    ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, "expected uint8 data"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "expected uint8 data"),
+])
+def test_cifar_bad_pickle(tmp_path, obj, match):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_3", obj)
+    with pytest.raises(ValueError, match=match):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_cifar_truncated_or_foreign_pickle(tmp_path):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="not a readable CIFAR pickle"):
+        load_dataset("cifar10", root=tmp_path)
+    write_pickle(path, {b"data": io.BytesIO(b"code could hide here"), b"labels": []})   # a non-array object
+    with pytest.raises(ValueError, match="unexpected object"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_cifar10_label_out_of_range(tmp_path):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
+                 {b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]})
+    with pytest.raises(ValueError, match=r"in \[0, 10\)"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_svhn_mat_layout_and_label_10_is_zero(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(0)
+    (tmp_path / "svhn").mkdir()
+    X = rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)          # H, W, C, N
+    y = np.array([[10], [1], [9], [10], [5]], np.uint8)
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        scipy_io.savemat(tmp_path / "svhn" / name, {"X": X, "y": y})
+    md5s = {n: ("http://unused", hashlib.md5((tmp_path / "svhn" / n).read_bytes()).hexdigest())
+            for n in ("train_32x32.mat", "test_32x32.mat")}
+    ds = load_dataset("svhn", root=tmp_path, sources=md5s)
+    assert ds.train_data.labels.tolist() == [0, 1, 9, 0, 5]
+    assert ds.train_data.images[3, 2, 7, 11] == X[7, 11, 2, 3]          # [N, C, H, W] <- [H, W, C, N]
+    # the real files are checked against their published md5, so these stand-ins are refused
+    with pytest.raises(ValueError, match="wrong md5"):
+        load_dataset("svhn", root=tmp_path)
+
+
+def test_svhn_missing_names_the_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_32x32.mat,test_32x32.mat"):
+        load_dataset("svhn", root=tmp_path)
+
+
+def write_tinyimagenet(root, image_module):
+    """2 classes x 2 training images and 3 val images, PNG-encoded (lossless) under .JPEG names."""
+    base = root / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    (base).mkdir(parents=True)
+    (base / "wnids.txt").write_text("n0200\nn0100\n")                    # not sorted on purpose
+    images = {}
+    for w in ("n0100", "n0200"):
+        (base / "train" / w / "images").mkdir(parents=True)
+        for i in range(2):
+            images[(w, i)] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            image_module.fromarray(images[(w, i)]).save(base / "train" / w / "images" / f"{w}_{i}.JPEG", format="PNG")
+    (base / "val" / "images").mkdir(parents=True)
+    lines = []
+    for i, w in enumerate(("n0200", "n0100", "n0200")):
+        images[("val", i)] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        image_module.fromarray(images[("val", i)]).save(base / "val" / "images" / f"val_{i}.JPEG", format="PNG")
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return base, images
+
+
+def test_tinyimagenet_folders_and_decode_cache(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    base, images = write_tinyimagenet(tmp_path, Image)
+    ds = load_dataset("tinyimagenet", root=tmp_path)
+    assert ds.input_shape == (3, 64, 64) and ds.num_classes == 200
+    assert ds.train_data.labels.tolist() == [0, 0, 1, 1]                 # sorted wnids: n0100 -> 0, n0200 -> 1
+    assert ds.test_data.labels.tolist() == [1, 0, 1]
+    assert np.array_equal(ds.train_data.images[2].numpy().transpose(1, 2, 0), images[("n0200", 0)])
+    assert np.array_equal(ds.test_data.images[1].numpy().transpose(1, 2, 0), images[("val", 1)])
+    assert (base / "decoded_uint8.npz").exists()
+    shutil.rmtree(base / "train")                                        # the second load reads the cache only
+    again = load_dataset("tinyimagenet", root=tmp_path)
+    assert torch.equal(again.train_data.images, ds.train_data.images)
+
+
+def test_tinyimagenet_bad_folders(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    base, _ = write_tinyimagenet(tmp_path, Image)
+    for f in (base / "train" / "n0100" / "images").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match="missing or empty"):
+        load_dataset("tinyimagenet", root=tmp_path)
+
+
+def test_tinyimagenet_missing_and_without_pillow(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="tiny-imagenet-200.zip"):
+        load_dataset("tinyimagenet", root=tmp_path)
+    (tmp_path / "tiny-imagenet-200").mkdir()
+    (tmp_path / "tiny-imagenet-200" / "wnids.txt").write_text("n01\n")
+    monkeypatch.setitem(sys.modules, "PIL", None)                        # import PIL now fails
+    with pytest.raises(ModuleNotFoundError, match="pip install pillow"):
+        load_dataset("tinyimagenet", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- download
+
+def make_archive(tmp_path):
+    src = tmp_path / "src"
+    expected = write_cifar10(src)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    md5 = tar_gz(src, "cifar-10-batches-py", archive)
+    return {"cifar-10-python.tar.gz": (archive.as_uri(), md5)}, expected
+
+
+def test_download_good_archive_replaces_stale_part(tmp_path):
+    sources, (xtr, _, _, _) = make_archive(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "cifar-10-python.tar.gz.part").write_bytes(b"half of an old download")
+    ds = load_dataset("cifar10", root=root, download=True, sources=sources)
+    assert torch.equal(ds.train_data.images, torch.from_numpy(xtr))
+    assert not (root / "cifar-10-python.tar.gz.part").exists()
+    md5 = hashlib.md5((root / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+    assert md5 == sources["cifar-10-python.tar.gz"][1]
+
+
+def test_download_checksum_mismatch_keeps_nothing(tmp_path):
+    sources, _ = make_archive(tmp_path)
+    url, _ = sources["cifar-10-python.tar.gz"]
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_dataset("cifar10", root=root, download=True, sources={"cifar-10-python.tar.gz": (url, "0" * 32)})
+    assert list(root.iterdir()) == []
+
+
+def test_corrupt_existing_archive_is_fetched_again_or_refused(tmp_path):
+    sources, (xtr, _, _, _) = make_archive(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "cifar-10-python.tar.gz").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="wrong md5"):
+        load_dataset("cifar10", root=root, sources=sources)
+    ds = load_dataset("cifar10", root=root, download=True, sources=sources)
+    assert torch.equal(ds.train_data.images, torch.from_numpy(xtr))
+
+
+def test_missing_dataset_one_clear_error_and_part_unused(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz.part").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py/\{data_batch_1,.*test_batch\}.*download=True"):
+        load_dataset("cifar10", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="could not download"):
+        load_dataset("cifar10", root=tmp_path, download=True,
+                     sources={"cifar-10-python.tar.gz": ((tmp_path / "nowhere.tar.gz").as_uri(), "0" * 32)})
+
+
+def test_archive_with_unsafe_member_is_refused(tmp_path):
+    evil = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    md5 = hashlib.md5(evil.read_bytes()).hexdigest()
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(evil, root / evil.name)
+    with pytest.raises(ValueError, match="unsafe member"):
+        load_dataset("cifar10", root=root, sources={evil.name: ("http://unused", md5)})
+    assert not (tmp_path / "escape.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+
+def test_crop_is_shift_with_zeros_entering():
+    x = torch.arange(1, 2 * 1 * 5 * 5 + 1, dtype=torch.float32).view(2, 1, 5, 5)
+    out = data.crop_padded(x, torch.tensor([[2, 2], [0, 3]]), pad=2)
+    assert torch.equal(out[0], x[0])                                      # centre offset = identity
+    # dy=0, dx=3 with pad 2: out[i, j] = x[i - 2, j + 1]; rows 0-1 and the last column are padding
+    expected = torch.zeros(5, 5)
+    expected[2:, :4] = x[1, 0, :3, 1:]
+    assert torch.equal(out[1, 0], expected)
+
+
+def test_flip_is_exact_mirror_where_masked():
+    x = torch.arange(24.0).view(2, 1, 3, 4)
+    out = data.flip_where(x, torch.tensor([True, False]))
+    assert out[0, 0, 0].tolist() == [3.0, 2.0, 1.0, 0.0] and torch.equal(out[1], x[1])
+
+
+def test_cutout_zeroes_exactly_the_clipped_square():
+    x = torch.ones(2, 3, 10, 10)
+    out = data.cutout(x, torch.tensor([[5, 5], [0, 9]]), size=4)
+    expected = torch.ones(2, 10, 10)
+    expected[0, 3:7, 3:7] = 0                                             # rows/cols [c - 2, c + 2)
+    expected[1, 0:2, 7:10] = 0                                            # clipped at the top and right
+    assert torch.equal(out, expected[:, None].expand(2, 3, 10, 10))
+
+
+def test_train_batches_are_padded_crops_and_flips_of_the_originals(tmp_path):
+    xtr, _, _, _ = write_cifar10(tmp_path)
+    ds = load_dataset("cifar10", root=tmp_path)
+    x, _ = next(ds.split("train").batches(20, generator=torch.Generator().manual_seed(3)))
+    got = raw_pixels(x).round()
+    orig = torch.from_numpy(xtr).float()
+    padded = torch.nn.functional.pad(orig, (4, 4, 4, 4))                  # raw-space zero padding
+    found = set()
+    for b in range(20):
+        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                   if torch.equal((lambda c: c.flip(-1) if f else c)(padded[b, :, dy:dy + 32, dx:dx + 32]), got[b])]
+        assert matches, f"image {b} is not a crop/flip of the original"
+        found.add(matches[0])
+    assert len(found) > 5                                                 # the offsets really vary
+
+
+def test_cutout_through_batches(tmp_path):
+    write_cifar10(tmp_path)
+    ds = load_dataset("cifar10", root=tmp_path)
+    plain, _ = next(ds.batches("test", 4))
+    cut, _ = next(dataclasses.replace(ds.test_data, cutout=16).batches(4, generator=torch.Generator().manual_seed(0)))
+    for b in range(4):
+        zero = (cut[b] != plain[b]).any(0)                                # pixels that changed
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert zero.sum() == len(rows) * len(cols) and len(rows) <= 16 and len(cols) <= 16   # one rectangle
+        assert (cut[b][:, zero] == 0).all() and len(rows) >= 8 and len(cols) >= 8
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+def test_search_split_is_by_index_and_val_uses_test_transforms():
+    ds = load_dataset("synthetic", n_train=50, n_test=10)
+    train, val = ds.search_split(0.8)
+    assert len(train) == 40 and len(val) == 10
+    assert torch.equal(train.images, ds.train_data.images[:40]) and torch.equal(val.images, ds.train_data.images[40:])
+    assert train.augment and not val.augment and val.cutout == 0
+    v1 = torch.cat([x for x, _ in val.batches(4, generator=torch.Generator().manual_seed(1))])
+    v2 = torch.cat([x for x, _ in val.batches(4)])
+    whole = torch.cat([x for x, _ in ds.train_data.batches(50)])
+    assert torch.equal(v1, v2) and torch.equal(v1, whole[40:])
+    assert torch.equal(torch.cat([y for _, y in val.batches(3)]), ds.train_data.labels[40:])
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(ValueError, match="fraction"):
+            ds.search_split(bad)
+
+
+def test_batches_deterministic_per_seed_and_shapes():
+    ds = load_dataset("synthetic", n_train=30, n_test=10)
+    run = lambda seed: list(ds.batches("train", 8, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+    a, b, c = run(0), run(0), run(1)
+    assert [x.shape[0] for x, _ in a] == [8, 8, 8, 6]
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in c]))
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == sorted(ds.train_data.labels.tolist())
+    assert len(list(ds.batches("test", 4, drop_last=True))) == 2
+    with pytest.raises(ValueError, match="torch.Generator"):
+        next(ds.batches("train", 8, shuffle=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_batches_on_cuda():
+    ds = load_dataset("synthetic", n_train=40, n_test=10, cutout=16)
+    cpu = next(ds.batches("train", 16, shuffle=True, generator=torch.Generator().manual_seed(5)))
+    gpu = next(ds.batches("train", 16, shuffle=True, generator=torch.Generator().manual_seed(5), device="cuda"))
+    assert gpu[0].is_cuda and torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-6) and torch.equal(cpu[1], gpu[1].cpu())
+
+
+def test_synthetic_deterministic_and_balanced():
+    a, b, c = (load_dataset("synthetic", seed=s, n_train=100, n_test=20) for s in (3, 3, 4))
+    assert torch.equal(a.train_data.images, b.train_data.images)
+    assert not torch.equal(a.train_data.images, c.train_data.images)
+    assert not torch.equal(a.train_data.images[:20], a.test_data.images)
+    assert a.train_data.images.dtype == torch.uint8 and a.input_shape == (3, 32, 32)
+    assert torch.bincount(a.train_data.labels).tolist() == [10] * 10
+    assert torch.bincount(a.test_data.labels).tolist() == [2] * 10
+    full = load_dataset("synthetic").train_data                           # default size; documented mean/std
+    assert torch.bincount(full.labels).tolist() == [200] * 10
+    pixels = full.images.float() / 255
+    assert abs(pixels.mean().item() - 0.5) < 0.02 and abs(pixels.std().item() - 0.22) < 0.02
+
+
+def test_synthetic_classes_are_readable_and_mirror_symmetric():
+    """The class is in the folded orientation / frequency (images) and the folded direction (events), and
+    each class holds both mirror images, so the training flip keeps every sample in its own class."""
+    x, y = data.synthetic_images(1000, [0, 0])
+    g = x.astype(float).mean(1)
+    spectrum = np.abs(np.fft.fft2(g - g.mean((1, 2), keepdims=True))).reshape(1000, -1)
+    peak = spectrum.argmax(1)
+    fy, fx = np.fft.fftfreq(32, 1 / 32)[peak // 32], np.fft.fftfreq(32, 1 / 32)[peak % 32]
+    angle = np.degrees(np.arctan2(fy, fx)) % 180                         # wave-vector orientation
+    folded = np.minimum(angle, 180 - angle)                               # a horizontal flip maps a -> 180 - a
+    assert (np.round(folded / 22.5) == y % 5).mean() > 0.8
+    assert ((np.hypot(fx, fy) > 3) == (y >= 5)).mean() > 0.9
+    for k in (1, 2, 3):
+        assert 0.3 < (angle[y % 5 == k] < 90).mean() < 0.7                # both mirror images present
+    e, ye = data.synthetic_events(500, [0, 0], T=8)
+    w = np.clip(e.sum(2) - 0.2, 0, None)                                  # [n, T, H, W], noise damped
+    mass = w.sum((2, 3))
+    cy = (w * np.arange(32)[:, None]).sum((2, 3)) / mass
+    cx = (w * np.arange(32)).sum((2, 3)) / mass
+    dy, dx = cy[:, -1] - cy[:, 0], cx[:, -1] - cx[:, 0]
+    assert (np.round(np.degrees(np.arctan2(np.abs(dx), dy)) / 45) == ye % 5).mean() > 0.5   # chance: 0.2
+    assert 0.3 < (dx[ye % 5 == 2] > 0).mean() < 0.7                      # sideways bars go left and right
+
+
+def test_synthetic_dvs_events():
+    ds = load_dataset("synthetic-dvs", T=6, n_train=40, n_test=10, seed=1)
+    assert ds.is_event and ds.input_shape == (6, 2, 32, 32) and ds.num_classes == 10
+    x, y = next(ds.batches("test", 10))
+    assert x.shape == (10, 6, 2, 32, 32) and x.dtype == torch.float32 and torch.equal(x, x.round())
+    assert x[:, :, 0].sum() > 0 and x[:, :, 1].sum() > 0                   # both polarities fire
+    assert torch.bincount(ds.train_data.labels).tolist() == [4] * 10
+    again = load_dataset("synthetic-dvs", T=6, n_train=40, n_test=10, seed=1)
+    assert torch.equal(again.train_data.images, ds.train_data.images)
+
+
+# ---------------------------------------------------------------------------------------------- events
+
+def test_events_to_frames_by_number_and_time():
+    x, y, p = np.array([0, 1, 2, 3, 4]), np.array([0, 0, 1, 1, 2]), np.array([1, 0, 1, 1, 0])
+    t = np.array([0, 1, 2, 3, 100])
+    f = data.events_to_frames(x, y, p, t, T=2, size=(4, 8))
+    assert f.shape == (2, 2, 4, 8) and f.sum() == 5
+    # number: 5 // 2 = 2 per slice, the last slice takes the remainder (events 2, 3, 4)
+    assert f[0, 1, 0, 0] == 1 and f[0, 0, 0, 1] == 1
+    assert f[1, 1, 1, 2] == 1 and f[1, 1, 1, 3] == 1 and f[1, 0, 2, 4] == 1
+    g = data.events_to_frames(x, y, p, t, T=2, split_by="time", size=(4, 8))
+    # time: span 100, boundary at 50 -> events 0-3 in slice 0, event 4 (t = t_max) in slice 1
+    assert g[0].sum() == 4 and g[1].sum() == 1 and g[1, 0, 2, 4] == 1
+    few = data.events_to_frames(x[:2], y[:2], p[:2], t[:2], T=3, size=(4, 8))
+    assert few[2].sum() == 2 and few[:2].sum() == 0                       # N < T: all in the last slice
+    zeros = np.zeros(300, int)
+    many = data.events_to_frames(zeros, zeros, zeros + 1, np.arange(300), T=1, size=(1, 1))
+    assert many[0, 1, 0, 0] == 300                                        # counts are not clipped at 255
+
+
+def test_aedat31_bit_layout_overflow_and_skipped_packets(tmp_path):
+    # hand-encoded event: x=5, y=3, p=1, valid -> data = 5<<17 | 3<<2 | 1<<1 | 1 = 0x000A000F; t = 7
+    raw = struct.pack("<hhiiiiii", 1, 1, 8, 4, 1, 1, 1, 1) + bytes.fromhex("0f000a00") + struct.pack("<i", 7)
+    path = tmp_path / "a.aedat"
+    path.write_bytes(AEDAT31_HEADER + raw + other_packet() + polarity_packet([(127, 126, 0, 9), (1, 1, 1, 10, 0)]))
+    x, y, p, t = data.read_aedat31(path)
+    assert x.tolist() == [5, 127] and y.tolist() == [3, 126] and p.tolist() == [1, 0]   # invalid event dropped
+    assert t.tolist() == [2 ** 31 + 7, 9]                                 # tsOverflow << 31 | timestamp
+
+
+@pytest.mark.parametrize("cut, match", [(10, "truncated packet header"), (30, "truncated packet")])
+def test_aedat31_truncated(tmp_path, cut, match):
+    path = tmp_path / "a.aedat"
+    good = AEDAT31_HEADER + polarity_packet([(1, 2, 1, 3), (4, 5, 0, 6)])
+    path.write_bytes(good + polarity_packet([(1, 1, 1, 9)])[:cut])
+    with pytest.raises(ValueError, match=match):
+        data.read_aedat31(path)
+    path.write_bytes(b"#!AER-DAT3.1\r\n" + polarity_packet([(1, 2, 1, 3)]))
+    with pytest.raises(ValueError, match="END-HEADER"):
+        data.read_aedat31(path)
+
+
+def test_aedat20_bit_layout_flip_and_truncation(tmp_path):
+    # address 0x0304: y = 3, raw x = 2 -> x = 127 - 2 = 125, raw polarity bit 0 -> p = 1 (ON)
+    path = tmp_path / "c.aedat"
+    path.write_bytes(b"#!AER-DAT2.0\r\n" + bytes.fromhex("00000304" "0000000a") + struct.pack(">II", 0x8000 | 5, 11)
+                     + struct.pack(">II", (100 << 8) | (127 << 1) | 1, 12))
+    x, y, p, t = data.read_aedat20(path)                                  # the 0x8000 (sync) event is dropped
+    assert x.tolist() == [125, 0] and y.tolist() == [3, 100] and p.tolist() == [1, 0] and t.tolist() == [10, 12]
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_aedat20(path)
+
+
+def write_gesture(root, csv_train="class,startTime_usec,endTime_usec\n3,100,200\n11,200,300\n"):
+    base = root / "dvs128gesture" / "DvsGesture"
+    base.mkdir(parents=True)
+    seg1 = [(10, 20, 1, 100), (11, 20, 0, 120), (10, 20, 1, 150), (127, 0, 1, 160), (5, 6, 0, 199)]
+    seg2 = [(0, 127, 1, 200), (0, 127, 1, 250), (3, 4, 0, 299)]
+    rec = [(1, 1, 1, 50)] + seg1[:3] + [(9, 9, 1, 170, 0)] + seg1[3:] + seg2 + [(2, 2, 0, 300)]
+    (base / "user01_fluorescent.aedat").write_bytes(AEDAT31_HEADER + polarity_packet(rec[:5]) + other_packet()
+                                                    + polarity_packet(rec[5:]))
+    (base / "user01_fluorescent_labels.csv").write_text(csv_train)
+    (base / "user02_led.aedat").write_bytes(AEDAT31_HEADER + polarity_packet([(64, 64, 1, 1000 + i) for i in range(7)]))
+    (base / "user02_led_labels.csv").write_text("class,startTime_usec,endTime_usec\n1,1000,1007\n")
+    (base / "trials_to_train.txt").write_text("user01_fluorescent.aedat\n")
+    (base / "trials_to_test.txt").write_text("user02_led.aedat\n\n")
+    return base, seg1, seg2
+
+
+def expected_frames(events, T):
+    """Naive per-event loop: slice i // (N // T), capped at T - 1."""
+    f = np.zeros((T, 2, 128, 128), np.int64)
+    for i, (x, y, p, _) in enumerate(events):
+        f[min(i // (len(events) // T), T - 1), p, y, x] += 1
+    return f
+
+
+def test_dvs128_gesture_segments_frames_and_cache(tmp_path):
+    base, seg1, seg2 = write_gesture(tmp_path)
+    ds = load_dataset("dvs128gesture", root=tmp_path, T=2)
+    assert (ds.num_classes, ds.input_shape, ds.is_event) == (11, (2, 2, 128, 128), True)
+    train, test = ds.split("train"), ds.split("test")
+    assert train.files is not None and train.images is None               # read per batch, not held in memory
+    assert train.labels.tolist() == [2, 10] and test.labels.tolist() == [0]
+    x, y = next(ds.batches("test", 8))
+    assert x.shape == (1, 2, 2, 128, 128) and x[0, 0, 1, 64, 64] == 3 and x[0, 1, 1, 64, 64] == 4
+    frames, _ = next(ds.train_data.batches(2))
+    assert np.array_equal(frames[0].numpy(), expected_frames(seg1, 2))
+    assert np.array_equal(frames[1].numpy(), expected_frames(seg2, 2))
+    assert frames[0, 0, 1, 20, 10] == 1 and frames[0, 1, 1, 20, 10] == 1 and frames[0, 1, 1, 0, 127] == 1
+    shutil.rmtree(base)                                                   # second load: cache only, no parsing
+    again = load_dataset("dvs128gesture", root=tmp_path, T=2)
+    assert torch.equal(next(again.train_data.batches(2))[0], frames)
+    with pytest.raises(FileNotFoundError, match="DvsGesture.tar.gz"):     # the cache is keyed by T
+        load_dataset("dvs128gesture", root=tmp_path, T=3)
+
+
+@pytest.mark.parametrize("csv, match", [
+    ("class,startTime_usec,endTime_usec\n3,400,500\n", "holds no events"),
+    ("class,startTime_usec,endTime_usec\n12,100,200\n", "class in 1..11"),
+    ("class,startTime_usec,endTime_usec\n3,200,100\n", "start < end"),
+    ("label,start,end\n3,100,200\n", "header"),
+])
+def test_gesture_labels_that_do_not_match(tmp_path, csv, match):
+    write_gesture(tmp_path, csv_train=csv)
+    with pytest.raises(ValueError, match=match):
+        load_dataset("dvs128gesture", root=tmp_path, T=2)
+
+
+def test_gesture_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trials_to_train.txt"):
+        load_dataset("dvs128gesture", root=tmp_path)
+    base, _, _ = write_gesture(tmp_path)
+    (base / "user02_led_labels.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="user02_led_labels.csv"):
+        load_dataset("dvs128gesture", root=tmp_path)
+
+
+def write_cifar10dvs(root):
+    """airplane: 11 recordings (index 0..10), every other class 2; recording i of airplane has i + 1 events;
+    truck's second recording has 600 events at one pixel (counts above 255 per frame)."""
+    base = root / "cifar10dvs"
+    for c, cls in enumerate(data.CIFAR10DVS_CLASSES):
+        (base / cls).mkdir(parents=True)
+        for i in range(11 if c == 0 else 2):
+            events = [(2, 3, 0, 10 * k) for k in range(i + 1)] if c == 0 else [(c, c, 1, 5), (c, c, 1, 6)]
+            if cls == "truck" and i == 1:
+                events = [(7, 8, 1, k) for k in range(600)]
+            (base / cls / f"cifar10_{cls}_{i}.aedat").write_bytes(aedat20(events))
+    return base
+
+
+def test_cifar10dvs_split_rule_flip_and_cache(tmp_path):
+    base = write_cifar10dvs(tmp_path)
+    ds = load_dataset("cifar10dvs", root=tmp_path, T=2)
+    assert ds.num_classes == 10 and ds.input_shape == (2, 2, 128, 128)
+    # per class, by numeric index: first (9 n) // 10 train, rest test -> airplane 9 / 2, others 1 / 1
+    assert len(ds.train_data) == 9 + 9 and len(ds.test_data) == 2 + 9
+    assert ds.train_data.labels.tolist() == [0] * 9 + list(range(1, 10))
+    test_x = torch.cat([x for x, _ in ds.batches("test", 4)])
+    assert test_x[0].sum() == 10 and test_x[1].sum() == 11               # recordings 9 and 10, not "10" < "2"
+    assert test_x[1, :, 1, 3, 125].sum() == 11                            # x = 127 - 2, ON after inversion
+    assert test_x[1, 0, 1, 3, 125] == 5 and test_x[1, 1, 1, 3, 125] == 6  # 11 // 2 = 5, the rest in slice 1
+    assert test_x[-1, :, 0, 8, 120].tolist() == [300, 300]                # not clipped by the cache dtype
+    plain = torch.cat([x for x, _ in ds.train_data.batches(18)])
+    aug = torch.cat([x for x, _ in ds.split("train").batches(6, generator=torch.Generator().manual_seed(0))])
+    flipped = [torch.equal(a, p.flip(-1)) for a, p in zip(aug, plain)]
+    assert all(f or torch.equal(a, p) for f, a, p in zip(flipped, aug, plain)) and 0 < sum(flipped) < 18
+    for cls in data.CIFAR10DVS_CLASSES:                                   # raw recordings gone: the cache is used
+        shutil.rmtree(base / cls)
+    again = load_dataset("cifar10dvs", root=tmp_path, T=2)
+    assert torch.equal(torch.cat([x for x, _ in again.batches("test", 4)]), test_x)
+    with pytest.raises(FileNotFoundError, match="CIFAR10-DVS not found"):  # keyed by split_by: needs the raw files
+        load_dataset("cifar10dvs", root=tmp_path, T=2, split_by="time")
+
+
+def test_cifar10dvs_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="figshare"):
+        load_dataset("cifar10dvs", root=tmp_path)
+    base = write_cifar10dvs(tmp_path)
+    for f in (base / "ship").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match="no .aedat files"):
+        load_dataset("cifar10dvs", root=tmp_path)
+    shutil.rmtree(base / "ship")
+    with pytest.raises(FileNotFoundError, match="ship"):
+        load_dataset("cifar10dvs", root=tmp_path)
+
+
+def test_cifar10dvs_empty_recording(tmp_path):
+    base = write_cifar10dvs(tmp_path)
+    (base / "dog" / "cifar10_dog_0.aedat").write_bytes(aedat20([]))
+    with pytest.raises(ValueError, match="holds no events"):
+        load_dataset("cifar10dvs", root=tmp_path)
