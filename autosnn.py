@@ -35,7 +35,7 @@ POPULATION = 10   # output neurons per class; their mean rate is the class score
 
 # Input shapes the network accepts, and the stem each one gets (sec. 2.1). (2, 32, 32) is ours:
 # a one-conv event stem for the built-in synthetic-dvs data.
-STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event128", (2, 32, 32): "event32"}
+STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event128", (2, 32, 32): "event"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,7 +525,7 @@ class Stem(nn.Module):
     static   (3x32x32):   conv3x3+BN once per image (direct encoding) -> neuron at every step
     static64 (3x64x64):   conv3x3+BN once -> neuron -> max-pool -> conv3x3+BN -> neuron
     event128 (2x128x128): frame t at step t: conv3x3+BN -> neuron -> max-pool -> conv3x3+BN -> neuron -> max-pool
-    event32  (2x32x32):   frame t at step t: conv3x3+BN -> neuron
+    event    (2xHxW):     frame t at step t: conv3x3+BN -> neuron  (2x32x32: synthetic-dvs; baselines)
     """
 
     def __init__(self, kind: str, cin: int, C: int, neuron):

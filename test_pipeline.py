@@ -1,0 +1,336 @@
+"""Tests of the search (evolve.py) and the command-line pipeline (train.py) on synthetic data."""
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import evolve
+import train
+from autosnn import SpikingNetwork
+from evolve import Search, SearchConfig, evaluate_pool, fitness, pareto_front, rerank
+from search_space import AUTOSNN, get_backbone, parse_arch, sample_arch
+
+TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
+        "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "2", "--retrain-epochs", "2",
+        "--iterations", "3", "--pool", "4", "--topk", "2", "--mutations", "2", "--crossovers", "1",
+        "--log-every", "0", "--device", "cpu"]
+
+
+def run_cli(tmp_path, name, *extra):
+    return train.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitness and search mechanics
+# ---------------------------------------------------------------------------------------------
+
+def test_fitness_values():
+    assert fitness(0.9, 5000, 1000, 0.0) == 0.9
+    # (2000/1000)^-0.08 = exp(-0.08 ln 2)
+    assert fitness(0.5, 2000, 1000, -0.08) == pytest.approx(0.5 * math.exp(-0.08 * math.log(2)))
+    assert fitness(0.5, 1000, 1000, -0.24) == pytest.approx(0.5)
+    assert fitness(0.5, 500, 1000, -0.16) > 0.5 > fitness(0.5, 1500, 1000, -0.16)
+    assert fitness(0.1, 0, 1000, -0.08) == 0.0
+    with pytest.raises(ValueError, match="lambda"):
+        fitness(0.5, 100, 100, 0.1)
+
+
+def test_more_negative_lambda_never_picks_more_spikes():
+    rng = random.Random(0)
+    for _ in range(200):
+        history = [{"arch": str(i), "acc": rng.uniform(0.1, 0.95), "spikes": rng.uniform(1e4, 3e5)}
+                   for i in range(30)]
+        picks = [rerank(history, lam, 1e5, top=1)[0] for lam in (0.0, -0.08, -0.16, -0.24, -0.5)]
+        spikes = [p["spikes"] for p in picks]
+        assert all(a >= b for a, b in zip(spikes, spikes[1:]))
+        assert picks[0]["acc"] == max(h["acc"] for h in history)
+
+
+def make_search(**kw):
+    cfg = SearchConfig(**{"iterations": 4, "pool": 10, "topk": 5, "mutations": 5, "crossovers": 3, **kw})
+    return Search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(1))
+
+
+def fake_eval(archs):
+    """Deterministic made-up accuracy and spikes from the architecture string."""
+    out = []
+    for a in archs:
+        h = sum(ord(c) * (i + 1) for i, c in enumerate(str(a)))
+        out.append({"acc": 0.3 + (h % 97) / 200, "spikes": 5e4 + (h % 89) * 1e3, "neuron_spikes": 4e4})
+    return out
+
+
+def test_mutation_probability_and_validity():
+    s = make_search(mutation_prob=0.2)
+    parent = AUTOSNN
+    changed = []
+    for _ in range(4000):
+        child = s.mutate(parent)
+        parse_arch(str(child))
+        changed.append(sum(a != b for a, b in zip(child, parent)))
+    assert sum(changed) / len(changed) == pytest.approx(5 * 0.2, abs=0.06)     # binomial(5, 0.2) mean
+    assert changed.count(0) / len(changed) == pytest.approx(0.8 ** 5, abs=0.03)
+
+
+def test_crossover_is_one_point():
+    s = make_search()
+    p1, p2 = parse_arch(["SCB_k3"] * 5), parse_arch(["SRB_k5"] * 5)
+    cuts = set()
+    for _ in range(400):
+        c = s.crossover(p1, p2)
+        k = c.count("SCB_k3")
+        assert c == tuple(["SCB_k3"] * k + ["SRB_k5"] * (5 - k))
+        cuts.add(k)
+    assert cuts == {1, 2, 3, 4}
+
+
+def test_evolution_proposes_unseen_valid_architectures():
+    s = make_search()
+    seen = set()
+    while not s.done:
+        pool = s.propose()
+        strs = [str(a) for a in pool]
+        assert len(pool) == 10 and len(set(strs)) == 10 and not seen & set(strs)
+        for a in pool:
+            parse_arch(str(a))
+        seen |= set(strs)
+        s.tell(pool, fake_eval(pool))
+    assert len(s.history) == 40
+    assert s.topk()[0]["fitness"] == max(h["fitness"] for h in s.history)
+    # later generations contain children of the top-k: with p=0.2 mutants share most positions
+    gen1 = [h["arch"].split("-") for h in s.history if h["generation"] == 1]
+    parents = [h["arch"].split("-") for h in s.history if h["generation"] == 0]
+    close = [a for a in gen1 if any(sum(x != y for x, y in zip(a, p)) <= 2 for p in parents)]
+    assert len(close) >= 5
+
+
+def test_random_search_same_budget():
+    s = make_search(search="random")
+    evolve.run_search(s, fake_eval, log=lambda m: None)
+    assert len(s.history) == 40 and len({h["arch"] for h in s.history}) == 40
+
+
+def test_search_state_roundtrip_continues_identically():
+    a, b = make_search(), make_search()
+    for _ in range(2):
+        pool = a.propose()
+        a.tell(pool, fake_eval(pool))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict(), default=list)) | {"rng": a.rng.getstate()})
+    for s in (a, b):
+        evolve.run_search(s, fake_eval, log=lambda m: None)
+    assert a.history == b.history
+
+
+def test_small_space_exhausts_cleanly():
+    bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))      # 2^5 = 32 archs
+    s = Search(bb, SearchConfig(iterations=10, pool=10, topk=3, mutations=3, crossovers=3), 1e5, random.Random(0))
+    evolve.run_search(s, fake_eval, log=lambda m: None)
+    assert len(s.history) == len({h["arch"] for h in s.history}) == 32
+
+
+def test_pareto_front():
+    h = [{"arch": "a", "acc": 0.9, "spikes": 100}, {"arch": "b", "acc": 0.8, "spikes": 50},
+         {"arch": "c", "acc": 0.7, "spikes": 60}, {"arch": "d", "acc": 0.9, "spikes": 120}]
+    assert [r["arch"] for r in pareto_front(h)] == ["b", "a"]
+
+
+def test_prefix_shared_pool_equals_one_by_one():
+    torch.manual_seed(0)
+    net = SpikingNetwork("SNN_1_4", num_classes=4, T=2, v_th=0.5)
+    x, y = torch.randn(12, 3, 32, 32) * 2, torch.randint(0, 4, (12,))
+    for _ in range(2):
+        net(x, AUTOSNN)                                  # non-trivial BN statistics
+    rng = random.Random(3)
+    archs = [sample_arch(net.backbone, rng) for _ in range(10)] + [AUTOSNN]
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    together = evaluate_pool(net, archs, batches)
+    for a, r in zip(archs, together):
+        alone = evaluate_pool(net, [a], batches)[0]
+        assert alone["acc"] == r["acc"] and alone["spikes"] == r["spikes"]
+        assert alone["neuron_spikes"] == r["neuron_spikes"] and alone["per_layer"] == r["per_layer"]
+    assert len({r["spikes"] for r in together}) > 5
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+RUN_FILES = ["config.json", "log.txt", "metrics.jsonl", "supernet.pt", "search.pt", "search.json",
+             "pareto.csv", "best_arch.txt", "child.pt", "results.json"]
+
+
+def test_pipeline_end_to_end(tmp_path):
+    assert run_cli(tmp_path, "full") == 0
+    d = tmp_path / "full"
+    for f in RUN_FILES:
+        assert (d / f).is_file(), f
+    assert not list(d.glob("*.tmp"))
+    doc = json.loads((d / "search.json").read_text())
+    assert len(doc["history"]) == 12 and doc["lam"] == -0.08
+    sn = torch.load(d / "supernet.pt", weights_only=False)
+    assert doc["spike_norm"] == pytest.approx(sn["history"][-1]["spikes"])
+    for h in doc["history"]:
+        assert h["fitness"] == pytest.approx(fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.08))
+    best = max(doc["history"], key=lambda h: h["fitness"])
+    assert (d / "best_arch.txt").read_text().strip() == best["arch"]
+    res = json.loads((d / "results.json").read_text())
+    assert res["arch"] == best["arch"] and 0 <= res["test_acc"] <= 1
+    assert res["spikes"] >= res["neuron_spikes"] > 0
+    child = SpikingNetwork("AutoSNN_4", 10, best["arch"], T=2)
+    assert res["params"] == sum(p.numel() for p in child.parameters())
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["supernet"] * 2 + ["search"] * 3 + ["retrain"] * 2
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["run"]["backbone"] == "AutoSNN_4" and cfg["search"]["pool"] == 4
+    pareto = (d / "pareto.csv").read_text().splitlines()
+    assert pareto[0].startswith("generation,arch,acc,spikes") and len(pareto) >= 2
+
+
+def state_of(d):
+    child = torch.load(d / "child.pt", weights_only=False)["model"]
+    sup = torch.load(d / "supernet.pt", weights_only=False)["model"]
+    return (json.loads((d / "search.json").read_text())["history"], (d / "best_arch.txt").read_text(),
+            child, sup, json.loads((d / "results.json").read_text())["test_acc"])
+
+
+def assert_same_run(a, b):
+    ha, aa, ca, sa, ta = state_of(a)
+    hb, ab, cb, sb, tb = state_of(b)
+    assert ha == hb and aa == ab and ta == tb
+    for k in ca:
+        assert torch.equal(ca[k], cb[k]), k
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("stop_after", [1, 4, 7])   # mid super-network, mid search, mid retraining
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_after):
+    assert run_cli(tmp_path, "ref") == 0
+    saves = {"n": 0}
+    real_save = train.Run.save
+
+    def save_then_die(self, obj, name):
+        real_save(self, obj, name)
+        saves["n"] += 1
+        if saves["n"] == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.Run, "save", save_then_die)
+    assert run_cli(tmp_path, "cut") == 130
+    monkeypatch.setattr(train.Run, "save", real_save)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert train.main(["--resume", str(tmp_path / "cut")]) == 0
+    assert_same_run(tmp_path / "ref", tmp_path / "cut")
+
+
+def test_same_seeds_same_history_other_seed_differs(tmp_path):
+    assert run_cli(tmp_path, "a", "--stage", "supernet") == 0
+    sup = str(tmp_path / "a" / "supernet.pt")
+    for name, seed in (("s1", "99"), ("s2", "99"), ("s3", "5")):
+        assert train.main(["--stage", "search", "--supernet", sup, "--iterations", "2", "--pool", "4",
+                           "--topk", "2", "--mutations", "2", "--crossovers", "1", "--search-seed", seed,
+                           "--out", str(tmp_path), "--name", name, "--log-every", "0"]) == 0
+    h = [json.loads((tmp_path / n / "search.json").read_text())["history"] for n in ("s1", "s2", "s3")]
+    assert h[0] == h[1] and [r["arch"] for r in h[0]] != [r["arch"] for r in h[2]]
+
+
+def test_stages_separately_and_inherit(tmp_path):
+    assert run_cli(tmp_path, "sup", "--stage", "supernet") == 0
+    sup = tmp_path / "sup" / "supernet.pt"
+    assert train.main(["--stage", "search", "--supernet", str(sup), "--lam", "-0.16", "--iterations", "2",
+                       "--pool", "3", "--topk", "2", "--mutations", "1", "--crossovers", "1",
+                       "--search", "random", "--out", str(tmp_path), "--name", "se", "--log-every", "0"]) == 0
+    doc = json.loads((tmp_path / "se" / "search.json").read_text())
+    assert doc["lam"] == -0.16 and doc["algorithm"] == "random" and len(doc["history"]) == 6
+    assert run_cli(tmp_path, "re", "--stage", "retrain", "--arch", "AutoSNN", "--supernet", str(sup),
+                   "--inherit", "--retrain-epochs", "1") == 0
+    assert json.loads((tmp_path / "re" / "results.json").read_text())["arch"] == str(AUTOSNN)
+
+
+def test_ann_mode_and_bn_recalibration(tmp_path):
+    assert run_cli(tmp_path, "ann", "--neuron", "ann", "--bn-recalib", "2") == 0
+    doc = json.loads((tmp_path / "ann" / "search.json").read_text())
+    assert doc["lam"] == 0.0 and all(h["fitness"] == h["acc"] and h["spikes"] == 0 for h in doc["history"])
+    cfg = json.loads((tmp_path / "ann" / "config.json").read_text())
+    assert cfg["run"]["T"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, exit code 2, nothing lost
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, words", [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--backbone", "ResNet"], "unknown backbone"),
+    (["--stage", "train"], "unknown stage"),
+    (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5"], "2 blocks"),
+    (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5-skip-SRB_k3-SRB_k5"], "bad block 'skip'"),
+    (["--stage", "search"], "needs --supernet"),
+    (["--lam", "0.1"], "lambda must be <= 0"),
+    (["--T", "0"], "--T must be"),
+])
+def test_bad_options(tmp_path, capsys, extra, words):
+    assert run_cli(tmp_path, "bad", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_unknown_option_rejected(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run_cli(tmp_path, "x", "--no-such-option", "1")
+    assert e.value.code == 2
+
+
+def test_checkpoint_and_folder_errors(tmp_path, capsys):
+    assert run_cli(tmp_path, "sup", "--stage", "supernet") == 0
+    sup = str(tmp_path / "sup" / "supernet.pt")
+    before = (tmp_path / "sup" / "supernet.pt").read_bytes()
+    cases = [
+        (["--stage", "search", "--supernet", sup, "--backbone", "AutoSNN_8"], "does not match"),
+        (["--stage", "search", "--supernet", sup, "--dataset", "synthetic-dvs"], "does not match"),
+        (["--resume", str(tmp_path)], "not a run folder"),
+        (["--stage", "search", "--supernet", str(tmp_path / "nope.pt")], "not found"),
+    ]
+    for argv, words in cases:
+        assert train.main(argv + ["--out", str(tmp_path), "--name", "e"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert train.main(["--stage", "search", "--supernet", str(tmp_path / "junk.pt")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert run_cli(tmp_path, "sup") == 2                           # existing folder: refused
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "sup" / "supernet.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = train.loss_fn
+
+    def poisoned(net, out, y):
+        calls["n"] += 1
+        loss = real(net, out, y)
+        return loss * float("nan") if calls["n"] > 3 else loss      # epoch 2 of 3 batches/epoch
+    monkeypatch.setattr(train, "loss_fn", poisoned)
+    assert run_cli(tmp_path, "nan", "--stage", "supernet") == 2
+    err = capsys.readouterr().err
+    assert "became nan in epoch 2" in err and "last good checkpoint" in err
+    ck = torch.load(tmp_path / "nan" / "supernet.pt", weights_only=False)
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_rerank_cli(tmp_path, capsys):
+    assert run_cli(tmp_path, "r") == 0
+    capsys.readouterr()
+    assert evolve.main(["rerank", str(tmp_path / "r"), "--lam", "-0.24", "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    doc = json.loads((tmp_path / "r" / "search.json").read_text())
+    expected = sorted(doc["history"], key=lambda h: -fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.24))[:3]
+    assert [ln.split()[-1] for ln in lines] == [h["arch"] for h in expected]
+    for ln, h in zip(lines, expected):
+        assert float(ln.split()[0]) == pytest.approx(fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.24),
+                                                     abs=1e-4)
+    assert evolve.main(["rerank", str(tmp_path / "nothing")]) == 2
