@@ -22,11 +22,13 @@ Neuron (sec. 3.1), with x[t] the input current, v[-1] = 0, V_th = 1:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from search_space import AVG_POOL, MAX_POOL, Arch, Backbone, check_candidate, get_backbone, parse_arch
 
@@ -85,7 +87,8 @@ class MultiStepNeuron(torch.autograd.Function):
     """The whole T-step neuron as one autograd node: forward, then backward through time in one loop.
 
     Equivalent to running `Neuron.step` T times under autograd (tested), but without a graph of
-    ~6 small ops per step, and working one step at a time so each slice stays in cache.
+    ~6 small ops per step, and working one step at a time so each slice stays in cache. Only the
+    input is kept for backward; the membrane trace is recomputed there (cheap, and half the memory).
     x: [T, ...] input current; k: leak factor (0-dim tensor or float) or None (IF). Returns spikes [T, ...].
     Backward, with g = dL/dv[t] and c = dL/dv'[t] carried back from step t+1:
         g = dL/ds[t] * surrogate(v[t] - V_th) + c * (1 - s[t]);  dL/dx[t] = g * k;  c <- g * (1 - k)
@@ -95,16 +98,17 @@ class MultiStepNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k, v_th, alpha):
         h = _charge_fire_reset(x, k, v_th)
-        k_grad = isinstance(k, torch.Tensor) and k.requires_grad
-        ctx.save_for_backward(h, x if k_grad else None, k if isinstance(k, torch.Tensor) else None)
-        ctx.k, ctx.k_grad, ctx.v_th, ctx.alpha = k, k_grad, v_th, alpha
+        ctx.save_for_backward(x, k if isinstance(k, torch.Tensor) else None)
+        ctx.k, ctx.v_th, ctx.alpha = k, v_th, alpha
         return (h >= v_th).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_s):
-        h, x, k_tensor = ctx.saved_tensors
+        x, k_tensor = ctx.saved_tensors
         k = k_tensor if k_tensor is not None else ctx.k
+        k_grad = ctx.needs_input_grad[1]
         v_th, c2 = ctx.v_th, (math.pi / 2 * ctx.alpha) ** 2
+        h = _charge_fire_reset(x, k, v_th)
         grad_x, carry, grad_k = torch.empty_like(h), None, []
         for t in reversed(range(h.shape[0])):
             d = h[t] - v_th
@@ -119,7 +123,7 @@ class MultiStepNeuron(torch.autograd.Function):
                 continue
             torch.mul(g, k, out=grad_x[t])
             carry = g * (1 - k)
-            if ctx.k_grad:
+            if k_grad:
                 v_prev = h[t - 1].masked_fill(h[t - 1] >= v_th, 0.0) if t > 0 else 0.0
                 grad_k.append(torch.dot(g.flatten(), (x[t] - v_prev).flatten()))
         return grad_x, torch.stack(grad_k).sum().reshape(k.shape) if grad_k else None, None, None
@@ -402,6 +406,8 @@ class TimeBatchNorm(nn.BatchNorm2d):
         step_mean, step_var = x.new_zeros(T * C), x.new_ones(T * C)
         y = F.batch_norm(x.transpose(0, 1).reshape(B, T * C, H, W), step_mean, step_var,
                          self.weight.repeat(T), self.bias.repeat(T), True, 1.0, self.eps)
+        if not self.track_running_stats:           # (off while a checkpointed block is recomputed)
+            return y.view(B, T, C, H, W).transpose(0, 1).contiguous()
         with torch.no_grad():                      # the T running-statistics updates, in order
             for mean, var in zip(step_mean.view(T, C), step_var.view(T, C)):
                 self.num_batches_tracked += 1
@@ -553,20 +559,38 @@ class Stem(nn.Module):
         return self.pool2(s, trace) if self.kind == "event128" else s
 
 
+@contextmanager
+def _recomputing(module: nn.Module):
+    """While a checkpointed block runs its forward again: batch statistics as before, but no
+    running-statistics update (that happened in the first forward)."""
+    bns = [m for m in module.modules() if isinstance(m, TimeBatchNorm)]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
 class SpikingNetwork(nn.Module):
     """AutoSNN network: the super-network when `arch` is None, else the child network of `arch`.
 
     backbone: a name from search_space (e.g. 'AutoSNN_16', 'SNN_3') or a Backbone.
     input_shape: (3,32,32), (3,64,64), (2,128,128), (2,32,32), or (T,2,H,W) for event data.
     neuron: 'plif' (default), 'lif', 'if', or 'ann' (ReLU, T=1, K plain logits: the ablation).
+    checkpoint: recompute each block's activations in backward instead of keeping them (training
+    memory for large T, at ~1/3 more compute); same results.
     forward(x, arch=None) -> (out [B, K], SpikeStats); x: [B, 3, H, W] static or [B, T, 2, H, W] events.
     out[b, k] = sum over T of the mean spike of the k-th group of 10 classifier neurons (in [0, T]).
     """
 
     def __init__(self, backbone: str | Backbone = "AutoSNN_16", num_classes: int = 10,
                  arch: Arch | str | None = None, T: int = 8, input_shape=(3, 32, 32),
-                 neuron: str = "plif", tau0: float = 2.0, v_th: float = 1.0, alpha: float = 2.0):
+                 neuron: str = "plif", tau0: float = 2.0, v_th: float = 1.0, alpha: float = 2.0,
+                 checkpoint: bool = False):
         super().__init__()
+        self.checkpoint = checkpoint       # activation checkpointing per block: less memory for large T
         self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
         input_shape = tuple(input_shape)
         if len(input_shape) == 4:         # (T, 2, H, W) as an event dataset reports it
@@ -641,8 +665,13 @@ class SpikingNetwork(nn.Module):
 
     def run_position(self, i: int, x: torch.Tensor, block: str | None, trace: Trace) -> torch.Tensor:
         """Backbone position i with the given block (None at a fixed pool). x: [T, B, C, H, W]."""
-        layer = self.layers[i]
-        return layer(x, trace) if block is None else layer[block](x, trace)
+        layer = self.layers[i] if block is None else self.layers[i][block]
+        if self.checkpoint and self.training and torch.is_grad_enabled() and x.requires_grad:
+            # keep only the block's input; recompute its inside during backward, without a
+            # second update of its BN running statistics
+            return torch.utils.checkpoint.checkpoint(layer, x, trace, use_reentrant=False,
+                                                     context_fn=lambda: (nullcontext(), _recomputing(layer)))
+        return layer(x, trace)
 
     def head(self, x: torch.Tensor, trace: Trace) -> torch.Tensor:
         """(Spiking GAP,) classifier and population average. x: [T, B, C, H, W] -> rates [T, B, K]."""
@@ -690,7 +719,7 @@ class SpikingNetwork(nn.Module):
     def child(self, arch: Arch | str) -> SpikingNetwork:
         """A child network of `arch` holding this super-network's path weights (same device)."""
         net = SpikingNetwork(self.backbone, self.num_classes, arch, self.T, self.input_shape,
-                             self.neuron, **self.neuron_options)
+                             self.neuron, **self.neuron_options, checkpoint=self.checkpoint)
         net.load_state_dict(self.path_state_dict(arch))
         return net.to(self.fc.weight.device)
 

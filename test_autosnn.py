@@ -499,3 +499,31 @@ def test_energy_counts_agree_between_forms():
     assert "layers.1.skip_connect.conv.conv_b" in a.syn_names
     with pytest.raises(ValueError, match="energy=True"):
         net(x, arch)[1].energy()
+
+
+def test_activation_checkpointing_changes_nothing_but_memory():
+    seeded(13)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, T=3).double()
+    ck = copy.deepcopy(net)
+    ck.checkpoint = True
+    x, y = torch.randn(3, 3, 32, 32, dtype=torch.float64) * 2, torch.tensor([0, 1, 2])
+    arch = parse_arch("SRB_k5-SCB_k3-skip_connect-SRB_k3-SCB_k5", net.backbone)
+    saved = []
+    for m in (net, ck):
+        sizes = {}
+
+        def pack(t):
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, stats = m(x, arch)
+        rate_loss(out, y, 3).backward()
+        saved.append((sum(sizes.values()), out, stats))
+    assert saved[1][0] < saved[0][0] / 2                       # far less kept for backward
+    assert torch.equal(saved[0][1], saved[1][1]) and torch.equal(saved[0][2].counts, saved[1][2].counts)
+    for (n, a), b in zip(net.named_parameters(), ck.parameters()):
+        assert (a.grad is None) == (b.grad is None), n
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-12), n
+    for (n, a), b in zip(net.named_buffers(), ck.buffers()):
+        assert torch.equal(a, b), n                            # BN statistics updated once, not twice

@@ -334,3 +334,20 @@ def test_rerank_cli(tmp_path, capsys):
         assert float(ln.split()[0]) == pytest.approx(fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.24),
                                                      abs=1e-4)
     assert evolve.main(["rerank", str(tmp_path / "nothing")]) == 2
+
+
+def test_bench_quick_json(capsys):
+    import bench
+    assert bench.main(["--quick", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for name in ("child", "supernet"):
+        r = res[name]
+        for key in ("train_img_s", "eval_img_s", "train_ratio", "eval_ratio"):
+            assert r[key] > 0, (name, key)
+        assert r["stepwise"]["train_img_s"] > 0 and r["stepwise"]["eval_img_s"] > 0
+        assert r["train_peak_mib"] is None or r["train_peak_mib"] > 0
+    s = res["search"]
+    assert s["pool"] == 4 and s["archs_per_min"] > 0 and s["ratio"] == pytest.approx(
+        s["archs_per_min"] / s["stepwise_archs_per_min"])
+    assert [r["T"] for r in res["scale_T"]] == [2, 3] and [r["batch"] for r in res["scale_batch"]] == [2, 4]
+    assert res["config"]["backbone"] == "AutoSNN_4" and res["config"]["T"] == 2

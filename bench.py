@@ -1,0 +1,272 @@
+"""Speed and memory of the spiking network, beside the original code's one-step-at-a-time form.
+
+    python bench.py                                   # AutoSNN_16, T=8, batch 32, CPU, 2 threads
+    python bench.py --device cuda --batch 96          # on a GPU
+    python bench.py --json                            # the same figures as JSON
+    python bench.py --quick --json                    # a few seconds: the test suite runs this
+
+Figures, each the median of --reps timed repetitions after --warmup untimed ones:
+  train img/s     forward + backward + Adam step, train mode
+  eval img/s      forward under torch.inference_mode, eval mode
+  for the child network of --arch and for the super-network with a random path per batch, each
+  also in the one-step-at-a-time form of the same modules (forward_stepwise: the whole network
+  stepped T times with neurons under plain autograd, as the original code runs), with the ratio.
+  search          architectures evaluated per minute on --search-images validation images, for a
+                  pool of --pool architectures proposed by the evolutionary search, evaluated
+                  together with shared prefixes, against evaluating each alone in the stepwise form;
+                  both scaled to 10,000 images (the paper's D_val).
+  memory          saved MiB: the tensors autograd keeps for one training step's backward (what grows
+                  with T and the batch); CUDA max allocated per measurement; the process's peak RSS
+  scaling         train/eval img/s and memory for T in --scale-T, and for batch sizes in --scale-batch
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from autosnn import SpikingNetwork, rate_loss
+from evolve import Search, SearchConfig, evaluate_pool
+from search_space import resolve_arch, sample_arch
+from train import tune_cpu_allocator
+
+VAL_IMAGES = 10_000
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def timed(fn, device, reps: int, warmup: int) -> float:
+    """Median seconds of fn() over reps runs after warmup runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def saved_mib(net, x, arch) -> float:
+    """Memory autograd keeps for the backward pass of one training forward (activations and the
+    weights they need), in MiB: device-independent, and what grows with T and the batch."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    net.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x, arch)
+    return sum(storages.values()) / 2**20
+
+
+def speed(net, x, y, make_path, device, reps, warmup, stepwise=False) -> dict:
+    """Train and eval images/s of `net`; make_path() gives a fresh path chooser (the same sequence
+    of architectures for every form compared)."""
+    forward = net.forward_stepwise if stepwise else net.forward
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    path = make_path()
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        out, _ = forward(x, path())
+        rate_loss(out, y, net.T).backward()
+        opt.step()
+
+    def eval_step():
+        with torch.inference_mode():
+            forward(x, path())
+
+    net.train()
+    reset_peak(device)
+    t_train = timed(train_step, device, reps, warmup)
+    peak = peak_mib(device) if device.type == "cuda" else None
+    net.eval()
+    path = make_path()
+    t_eval = timed(eval_step, device, reps, warmup)
+    return {"train_img_s": len(x) / t_train, "eval_img_s": len(x) / t_eval,
+            "train_saved_mib": saved_mib(net, x, make_path()()), "train_peak_mib": peak}
+
+
+def evolution_pool(backbone, pool: int, seed: int = 0) -> list:
+    """A realistic pool: the second generation of an evolutionary search (mutants and crossovers
+    of the fittest of a random first pool), with made-up fitness values."""
+    cfg = SearchConfig(iterations=2, pool=pool, topk=max(2, pool // 2), mutations=pool // 2,
+                       crossovers=pool // 2)
+    s = Search(backbone, cfg, 1e5, random.Random(seed))
+    first = s.propose()
+    rng = random.Random(seed)
+    s.tell(first, [{"acc": rng.random(), "spikes": 1e5, "neuron_spikes": 1e5} for _ in first])
+    return s.propose()
+
+
+def search_speed(net, x, y, archs, device, reps, warmup) -> dict:
+    """Architectures per minute (scaled to 10,000 validation images): the pool together with
+    shared prefixes, and each architecture alone in the stepwise form."""
+    batches = [(x, y)]
+    t_pool = timed(lambda: evaluate_pool(net, archs, batches), device, reps, warmup)
+
+    def one_by_one():
+        net.eval()
+        with torch.inference_mode():
+            for a in archs:
+                net.forward_stepwise(x, a)
+
+    t_alone = timed(one_by_one, device, reps, warmup)
+    scale = VAL_IMAGES / len(x)
+    pool_rate = len(archs) / (t_pool * scale) * 60
+    alone_rate = len(archs) / (t_alone * scale) * 60
+    return {"pool": len(archs), "images": len(x), "archs_per_min": pool_rate,
+            "stepwise_archs_per_min": alone_rate, "ratio": pool_rate / alone_rate}
+
+
+def inputs(net, batch, device, generator):
+    shape = (batch, net.T, *net.input_shape) if net.stem.kind.startswith("event") else (batch, *net.input_shape)
+    x = torch.randn(shape, generator=generator).to(device)
+    return x, torch.randint(0, net.num_classes, (batch,), generator=generator).to(device)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu" and not args.no_allocator_tuning:
+        tune_cpu_allocator()              # as train.py does
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    child = SpikingNetwork(args.backbone, 10, resolve_arch(args.arch, args.backbone), args.T).to(device)
+    sup = SpikingNetwork(args.backbone, 10, None, args.T).to(device)
+    x, y = inputs(child, args.batch, device, g)
+
+    def fixed():
+        return lambda: None
+
+    def random_path():
+        rng = random.Random(0)
+        return lambda: sample_arch(sup.backbone, rng)
+
+    res = {"config": {"backbone": args.backbone, "arch": str(child.arch), "T": args.T, "batch": args.batch,
+                      "device": str(device), "threads": torch.get_num_threads(), "reps": args.reps,
+                      "allocator_tuning": device.type == "cpu" and not args.no_allocator_tuning,
+                      "torch": torch.__version__}}
+    for name, net, path in (("child", child, fixed), ("supernet", sup, random_path)):
+        ours = speed(net, x, y, path, device, args.reps, args.warmup)
+        ref = speed(net, x, y, path, device, args.reps, args.warmup, stepwise=True)
+        res[name] = {**ours, "stepwise": ref,
+                     "train_ratio": ours["train_img_s"] / ref["train_img_s"],
+                     "eval_ratio": ours["eval_img_s"] / ref["eval_img_s"]}
+    xv, yv = inputs(child, args.search_images, device, g)
+    res["search"] = search_speed(sup, xv, yv, evolution_pool(sup.backbone, args.pool), device,
+                                 args.reps, args.warmup)
+    res["scale_T"] = []
+    for T in args.scale_T:
+        net = SpikingNetwork(args.backbone, 10, child.arch, T).to(device)
+        row = {"T": T, **speed(net, x, y, fixed, device, args.reps, args.warmup)}
+        net.checkpoint = True
+        ck = speed(net, x, y, fixed, device, args.reps, args.warmup)
+        row["checkpointed"] = {k: ck[k] for k in ("train_img_s", "train_saved_mib", "train_peak_mib")}
+        res["scale_T"].append(row)
+    res["scale_batch"] = []
+    for b in args.scale_batch:
+        xb, yb = inputs(child, b, device, g)
+        res["scale_batch"].append({"batch": b, **speed(child, xb, yb, fixed, device, args.reps, args.warmup)})
+    res["process_peak_rss_mib"] = peak_mib(torch.device("cpu"))
+    return res
+
+
+def table(res: dict) -> str:
+    c = res["config"]
+    lines = [f"{c['backbone']} {c['arch']}, T={c['T']}, batch {c['batch']}, {c['device']}, {c['threads']} threads, "
+             f"torch {c['torch']} (medians of {c['reps']})", "",
+             f"{'':10} {'train img/s':>12} {'stepwise':>10} {'ratio':>6}   {'eval img/s':>11} {'stepwise':>10} "
+             f"{'ratio':>6}   {'saved MiB':>9}"]
+    for name in ("child", "supernet"):
+        r = res[name]
+        lines.append(f"{name:10} {r['train_img_s']:12.1f} {r['stepwise']['train_img_s']:10.1f} "
+                     f"{r['train_ratio']:6.2f}   {r['eval_img_s']:11.1f} {r['stepwise']['eval_img_s']:10.1f} "
+                     f"{r['eval_ratio']:6.2f}   {r['train_saved_mib']:9.0f}")
+    s = res["search"]
+    lines += ["", f"search: pool of {s['pool']} on {s['images']} images, scaled to {VAL_IMAGES:,}: "
+                  f"{s['archs_per_min']:.2f} architectures/min together (shared prefixes) vs "
+                  f"{s['stepwise_archs_per_min']:.2f} one by one stepwise, ratio {s['ratio']:.2f}", "",
+              f"{'T':>4} {'train img/s':>12} {'eval img/s':>11} {'saved MiB':>10} {'peak MiB':>9}   "
+              f"with activation checkpointing: {'train img/s':>11} {'saved MiB':>9} {'peak MiB':>9}"]
+    lines += [f"{r['T']:4d} {r['train_img_s']:12.1f} {r['eval_img_s']:11.1f} {r['train_saved_mib']:10.0f} "
+              f"{r['train_peak_mib'] or float('nan'):9.0f}   {'':30} {r['checkpointed']['train_img_s']:11.1f} "
+              f"{r['checkpointed']['train_saved_mib']:9.0f} {r['checkpointed']['train_peak_mib'] or float('nan'):9.0f}"
+              for r in res["scale_T"]]
+    lines += ["", f"{'batch':>5} {'train img/s':>12} {'eval img/s':>11} {'saved MiB':>10} {'peak MiB':>9}"]
+    lines += [f"{r['batch']:5d} {r['train_img_s']:12.1f} {r['eval_img_s']:11.1f} {r['train_saved_mib']:10.0f} "
+              f"{r['train_peak_mib'] or float('nan'):9.0f}" for r in res["scale_batch"]]
+    lines += ["", "saved MiB: tensors autograd keeps for the backward pass of one training step; peak MiB:"
+                  " CUDA max allocated (CPU: see the process peak RSS below)",
+              f"process peak RSS: {res['process_peak_rss_mib'] or float('nan'):.0f} MiB"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--backbone", default="AutoSNN_16", help="backbone (default AutoSNN_16)")
+    p.add_argument("--arch", default="AutoSNN", help="child architecture (default AutoSNN, the paper's)")
+    p.add_argument("--T", type=int, default=8, help="time steps (default 8)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads, 0 = torch's default (default 2)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (default 2)")
+    p.add_argument("--pool", type=int, default=20, help="architectures in the search pool (default 20)")
+    p.add_argument("--search-images", type=int, default=256, help="validation images timed (default 256)")
+    p.add_argument("--scale-T", type=int, nargs="*", default=[2, 4, 8, 16], help="T values (default 2 4 8 16)")
+    p.add_argument("--scale-batch", type=int, nargs="*", default=[16, 32, 64, 96], help="batch sizes")
+    p.add_argument("--no-allocator-tuning", action="store_true",
+                   help="leave glibc's allocator thresholds as they are (train.py raises them)")
+    p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.backbone, args.T, args.batch, args.reps, args.warmup = "AutoSNN_4", 2, 4, 1, 1
+        args.pool, args.search_images, args.scale_T, args.scale_batch = 4, 8, [2, 3], [2, 4]
+    try:
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available here")
+        res = run(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1) if args.json else table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
