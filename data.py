@@ -303,10 +303,11 @@ def _ensure(path: Path, download: bool, srcs: dict, missing_msg: str) -> Path:
             if hashlib.file_digest(f, "md5").hexdigest() == md5:
                 return path
         if not download:
-            raise ValueError(f"{path} has the wrong md5 (corrupt or incomplete); delete it or pass download=True")
+            raise ValueError(f"{path} has the wrong md5 (corrupt or incomplete); delete it or pass download=True "
+                             f"(train.py: --download)")
         print(f"{path} has the wrong md5; downloading it again", file=sys.stderr)
     elif not download:
-        raise FileNotFoundError(f"{missing_msg}; pass download=True to fetch {url}")
+        raise FileNotFoundError(f"{missing_msg}; pass download=True (train.py: --download) to fetch {url}")
     _download(url, path, md5)
     return path
 

@@ -249,12 +249,22 @@ def test_stages_separately_and_inherit(tmp_path):
     assert json.loads((tmp_path / "re" / "results.json").read_text())["arch"] == str(AUTOSNN)
 
 
+def test_event_data_pipeline(tmp_path):
+    """The search runs on event-camera data too (the original's super-network could not)."""
+    assert run_cli(tmp_path, "dvs", "--dataset", "synthetic-dvs") == 0
+    res = json.loads((tmp_path / "dvs" / "results.json").read_text())
+    assert res["dataset"] == "synthetic-dvs" and res["energy"]["first_layer_macs"] == 0   # events: no analog layer
+    sn = torch.load(tmp_path / "dvs" / "supernet.pt", weights_only=False)
+    assert tuple(sn["input_shape"]) == (2, 2, 32, 32)
+    assert len(json.loads((tmp_path / "dvs" / "search.json").read_text())["history"]) == 12
+
+
 def test_ann_mode_and_bn_recalibration(tmp_path):
     assert run_cli(tmp_path, "ann", "--neuron", "ann", "--bn-recalib", "2") == 0
     doc = json.loads((tmp_path / "ann" / "search.json").read_text())
     assert doc["lam"] == 0.0 and all(h["fitness"] == h["acc"] and h["spikes"] == 0 for h in doc["history"])
     cfg = json.loads((tmp_path / "ann" / "config.json").read_text())
-    assert cfg["run"]["T"] == 1
+    assert cfg["run"]["T"] == 1 and cfg["search"]["lam"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

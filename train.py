@@ -323,9 +323,6 @@ def search_stage(cfg: Config, ds, run: Run, device, ck: dict) -> str:
     r, sc = cfg.run, cfg.search
     net = load_supernet(cfg, ck, ds, device)
     spike_norm = sc.spike_norm or ck["spike_norm"]
-    if r.neuron == "ann" and sc.lam != 0:
-        run.log("ANN mode has no spikes: the fitness is the accuracy (lambda set to 0)")
-        sc.lam = 0.0
     search = Search(net.backbone, sc, spike_norm, random.Random(sc.search_seed))
     path = run.path / "search.pt"
     if path.exists():
@@ -525,8 +522,8 @@ def check_config(cfg: Config) -> None:
     get_backbone(r.backbone)
     if r.neuron not in NEURONS:
         raise ValueError(f"unknown neuron {r.neuron!r}; valid: {', '.join(NEURONS)}")
-    if r.neuron == "ann":
-        r.T = 1
+    if r.neuron == "ann":           # the ablation: one step, and no spikes, so fitness = accuracy
+        r.T, cfg.search.lam = 1, 0.0
     if r.eval_batch_size < 0:
         raise ValueError(f"--eval-batch-size must be >= 0 (got {r.eval_batch_size})")
     for part, name in ((r, "T"), (r, "batch_size"), (cfg.supernet, "supernet_epochs"),
