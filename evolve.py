@@ -21,6 +21,7 @@ its plots (needs matplotlib):
 
     python evolve.py rerank runs/X --lam -0.24
     python evolve.py rerank runs/X --spike-budget 60000
+    python evolve.py rerank runs/X --by energy_uj --lam -0.1      # rank by the energy estimate
     python evolve.py plot runs/X
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import csv
 import io
 import json
 import random
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,11 +308,14 @@ def pareto_front(history: list[dict]) -> list[dict]:
     return sorted(front, key=lambda r: (r["spikes"], -r["acc"]))
 
 
-def rerank(history: list[dict], lam: float, spike_norm: float, spike_budget: float | None = None,
-           top: int = 10) -> list[dict]:
-    """The best `top` records under another lambda (and optionally at most `spike_budget` spikes)."""
-    rows = [dict(r, fitness=fitness(r["acc"], r["spikes"], spike_norm, lam)) for r in history
-            if spike_budget is None or r["spikes"] <= spike_budget]
+def rerank(history: list[dict], lam: float, norm: float, budget: float | None = None, top: int = 10,
+           by: str = "spikes") -> list[dict]:
+    """The best `top` records under acc * (record[by] / norm) ** lam, optionally keeping only records
+    with record[by] <= budget. `by` is "spikes" (the paper), "neuron_spikes", "sops" or "energy_uj"."""
+    if any(by not in r for r in history):
+        raise ValueError(f"the search history has no {by!r} for every architecture")
+    rows = [dict(r, fitness=fitness(r["acc"], r[by], norm, lam)) for r in history
+            if budget is None or r[by] <= budget]
     return sorted(rows, key=lambda r: -r["fitness"])[:top]
 
 
@@ -401,8 +406,12 @@ def main(argv=None) -> int:
     r = sub.add_parser("rerank", help="best architectures of a cached history under another fitness")
     r.add_argument("run", type=Path, help="run folder holding search.json")
     r.add_argument("--lam", type=float, default=None, help="lambda (default: the search's own)")
-    r.add_argument("--spike-norm", type=float, default=None, help="normaliser (default: the search's own)")
-    r.add_argument("--spike-budget", type=float, default=None, help="drop architectures above this many spikes")
+    r.add_argument("--by", default="spikes", choices=["spikes", "neuron_spikes", "sops", "energy_uj"],
+                   help="the cost in the fitness (default spikes, as the paper; energy_uj: the estimate)")
+    r.add_argument("--norm", "--spike-norm", dest="norm", type=float, default=None,
+                   help="its normaliser (default: the search's spike_norm for spikes, else the median)")
+    r.add_argument("--budget", "--spike-budget", dest="budget", type=float, default=None,
+                   help="drop architectures whose cost is above this")
     r.add_argument("--top", type=int, default=10, help="how many to print (default 10)")
     pl = sub.add_parser("plot", help="redraw pareto.png and curves.png of a run folder")
     pl.add_argument("run", type=Path, help="run folder")
@@ -416,17 +425,18 @@ def main(argv=None) -> int:
         return 0
     try:
         doc = load_history(args.run)
-        lam = doc["lam"] if args.lam is None else args.lam
-        norm = doc["spike_norm"] if args.spike_norm is None else args.spike_norm
-        rows = rerank(doc["history"], lam, norm, args.spike_budget, args.top)
+        h, lam, norm = doc["history"], doc["lam"] if args.lam is None else args.lam, args.norm
+        if norm is None:
+            norm = doc["spike_norm"] if args.by == "spikes" else statistics.median(r.get(args.by, 0) for r in h)
+        rows = rerank(h, lam, norm, args.budget, args.top, args.by)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"lambda {lam}, spike_norm {norm:.0f}" + (f", spike budget {args.spike_budget:.0f}"
-                                                   if args.spike_budget is not None else ""))
-    print(f"{'fitness':>8} {'acc':>7} {'spikes':>10}  arch")
+    print(f"lambda {lam}, cost {args.by}, normaliser {norm:.6g}"
+          + (f", budget {args.budget:.6g}" if args.budget is not None else ""))
+    print(f"{'fitness':>8} {'acc':>7} {args.by:>12}  arch")
     for row in rows:
-        print(f"{row['fitness']:8.4f} {row['acc']:7.4f} {row['spikes']:10.0f}  {row['arch']}")
+        print(f"{row['fitness']:8.4f} {row['acc']:7.4f} {row[args.by]:12.6g}  {row['arch']}")
     return 0
 
 

@@ -344,6 +344,17 @@ def test_rerank_cli(tmp_path, capsys):
         assert float(ln.split()[0]) == pytest.approx(fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.24),
                                                      abs=1e-4)
     assert evolve.main(["rerank", str(tmp_path / "nothing")]) == 2
+    capsys.readouterr()
+    budget = sorted(h["energy_uj"] for h in doc["history"])[5]
+    assert evolve.main(["rerank", str(tmp_path / "r"), "--by", "energy_uj", "--budget", str(budget)]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    kept = [h for h in doc["history"] if h["energy_uj"] <= budget]
+    norm = sorted(h["energy_uj"] for h in doc["history"])[len(doc["history"]) // 2 - 1:len(doc["history"]) // 2 + 1]
+    norm = sum(norm) / 2                                   # the median of 12 values
+    best = max(fitness(h["acc"], h["energy_uj"], norm, -0.08) for h in kept)
+    assert len(lines) == min(len(kept), 10) and 6 <= len(kept) < 12
+    assert float(lines[0].split()[0]) == pytest.approx(best, abs=1e-4)
+    assert {ln.split()[-1] for ln in lines} <= {h["arch"] for h in kept}
 
 
 def test_bench_quick_json(capsys):
