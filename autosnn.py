@@ -1,6 +1,6 @@
 """AutoSNN spiking network: neurons, candidate blocks, the super-network/child network, spike counts.
 
-Paper sections 2-3 (see ../shared/PAPER.md). Everything runs time-first: activations are
+Paper (Na et al., ICML 2022) sections 2-3. Everything runs time-first: activations are
 [T, B, C, H, W]. Stateless layers (conv, pooling, linear) fold T into the batch; every neuron
 layer runs its own loop over T and keeps no state between calls.
 

@@ -1,6 +1,6 @@
 """Datasets for AutoSNN: static images, neuromorphic recordings and synthetic data, as device batches.
 
-Owns (PAPER.md sections 5, 7, 11): reading CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
+Owns (paper sections 5 and 7): reading CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
 DVS128-Gesture from their original files, download with md5 checks, events -> frames, the search split
 (first 80% of the training set by index = D_train, last 20% = D_val), batch-wise augmentation on the
 device, and two synthetic datasets that need no files. No model code.
@@ -37,7 +37,7 @@ Transforms. Static: x/255, train-time random crop with 4-pixel zero padding *in 
 padded pixels are black and then normalised to -mean/std, as in the original pad -> ToTensor -> Normalize),
 horizontal flip p=0.5, normalise with the dataset mean/std, then optional cutout (one square per image,
 zeroed after normalisation). Event data: raw counts, train-time horizontal flip only (the original applied
-no DVS augmentation, PAPER.md sec. 11), optional cutout on all frames. Test splits and D_val: none.
+no DVS augmentation), optional cutout on all frames. Test splits and D_val: none.
 Cutout (default off) is set per dataset, load_dataset(..., cutout=16), or per split, ds.split("train", cutout=16).
 """
 from __future__ import annotations
@@ -213,7 +213,7 @@ class Dataset:
 
     def search_split(self, fraction: float = 0.8, cutout: int | None = None) -> tuple[Split, Split]:
         """(D_train, D_val): the first floor(fraction * N) training samples by index, with training
-        augmentation, and the rest with test-time transforms (PAPER.md decision 4)."""
+        augmentation, and the rest with test-time transforms (the original augmented D_val)."""
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         n = len(self.train_data)

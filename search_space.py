@@ -158,7 +158,7 @@ def full_layout(arch: Arch, backbone: Backbone) -> list[str]:
     return [next(it) if p.kind == "search" else p.kind for p in backbone.positions]
 
 
-# Architectures reported by the original code (PAPER.md sec. 10); CIFAR-10, AutoSNN_16, T=8.
+# Architectures reported by the original code (its search_arch/arch.py); CIFAR-10, AutoSNN_16, T=8.
 AUTOSNN = parse_arch("SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5")        # lambda = -0.08 (main result)
 NAMED_ARCHS = {
     "AutoSNN": AUTOSNN,

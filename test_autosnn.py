@@ -225,7 +225,7 @@ def test_other_input_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# Network sizes (PAPER.md sec. 8.3 and 1, plus one PLIF scalar per neuron layer)
+# Network sizes (computed from the original code, plus one PLIF scalar per neuron layer)
 # ---------------------------------------------------------------------------------------------
 
 def plif_free(net):
