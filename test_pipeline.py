@@ -288,6 +288,21 @@ def test_bad_options(tmp_path, capsys, extra, words):
     assert not (tmp_path / "bad").exists()
 
 
+def test_help_states_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")                   # no line wrapping inside the checked phrases
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("--supernet-epochs", "default 600; short preset 30", "--lam", "default -0.08", "--search-seed",
+                 "default 99", "--model", "resnet19-zheng", "dry-run"):
+        assert text in out, text
+    for argv in (["rerank", "--help"], ["plot", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            evolve.main(argv)
+        assert e.value.code == 0
+
+
 def test_unknown_option_rejected(tmp_path):
     with pytest.raises(SystemExit) as e:
         run_cli(tmp_path, "x", "--no-such-option", "1")

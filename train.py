@@ -58,8 +58,8 @@ class RunConfig:
     dataset: str = opt("cifar10", f"one of {', '.join(DATASETS)}")
     data_root: str = opt("./data", "dataset folder")
     download: bool = opt(False, "download CIFAR/SVHN if missing")
-    n_train: int = opt(0, "synthetic data: training images (0 = the dataset's default)")
-    n_test: int = opt(0, "synthetic data: test images (0 = the dataset's default)")
+    n_train: int = opt(0, "synthetic data: training images (0: the dataset's own number)")
+    n_test: int = opt(0, "synthetic data: test images (0: the dataset's own number)")
     split_by: str = opt("number", "event data: frames of equal event number or equal 'time'")
     cutout: int = opt(0, "cutout square size in training (0 = off)")
     backbone: str = opt("AutoSNN_16", "AutoSNN_<C> (= SNN_1 of width C) or SNN_<1-4>[_<C>]")
@@ -71,10 +71,10 @@ class RunConfig:
     eval_batch_size: int = opt(0, "evaluation batch size (0: 768 on a GPU as the paper, 256 on a CPU, "
                                   "measured faster there)")
     seed: int = opt(2022, "seed of weights, data order, augmentation and path sampling")
-    device: str = opt("", "cpu, cuda, cuda:1, ... (default: cuda when available)")
-    threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    device: str = opt("", "cpu, cuda, cuda:1, ... ('': cuda when available)")
+    threads: int = opt(0, "CPU threads for torch (0: torch's choice)")
     out: str = opt("runs", "parent folder of run folders")
-    name: str = opt("", "run folder name (default: <stage>-<dataset>-<time>)")
+    name: str = opt("", "run folder name ('': <stage>-<dataset>-<time>)")
     supernet: str = opt("", "super-network checkpoint for --stage search or --inherit")
     log_every: int = opt(100, "batches between progress lines (0 = per epoch only)")
     activation_checkpointing: bool = opt(False, "recompute block activations in backward: less training "
@@ -92,7 +92,7 @@ class SupernetConfig:
 @dataclass
 class RetrainConfig:
     """Retraining the found architecture (paper sec. 7)."""
-    arch: str = opt("", "architecture to retrain (default: the search's best); a string or a name "
+    arch: str = opt("", "architecture to retrain ('': the search's best); a string or a name "
                         "such as AutoSNN")
     retrain_epochs: int = opt(600, "retraining epochs")
     retrain_lr: float = opt(1e-3, "learning rate")
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
             flag = "--" + f.name.replace("_", "-")
             short = PRESETS["short"].get(f.name)
             default = f"default {f.default!r}" + (f"; short preset {short!r}" if short is not None else "")
-            help_text = f"{f.metadata.get('help', '')} ({default})"
+            help_text = f"{f.metadata.get('help', '')} ({default})".replace("%", "%%")   # argparse formats help
             if isinstance(f.default, bool):
                 g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
