@@ -651,7 +651,7 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"this child network is {self.arch}, not {arch}")
         return arch
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         c, h, w = self.input_shape
         want = (self.T, c, h, w) if self.stem.kind.startswith("event") else (c, h, w)
         if x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
@@ -694,7 +694,7 @@ class SpikingNetwork(nn.Module):
         """x: [B, 3, H, W] or [B, T, 2, H, W] -> (out [B, K] class rates summed over T, SpikeStats).
         energy=True also counts synaptic operations (SpikeStats.energy())."""
         arch = self._path(arch)
-        self._check_input(x)
+        self.check_input(x)
         trace = Trace(counting=self.neuron != "ann", energy=energy)
         out = self.body(self.stem.encode(x, self.T, trace), arch, trace).sum(0)
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
@@ -703,7 +703,7 @@ class SpikingNetwork(nn.Module):
         """The same forward run one time step at a time, neurons under plain autograd: the original
         code's form, kept as the reference for equivalence tests and speed comparisons."""
         arch = self._path(arch)
-        self._check_input(x)
+        self.check_input(x)
         trace = Trace(stepwise=True, counting=self.neuron != "ann", energy=energy)
         current = self.stem.encode(x, self.T, trace)
         out = sum(self.body(c.unsqueeze(0), arch, trace)[0] for c in current.unbind(0))

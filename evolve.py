@@ -212,7 +212,7 @@ def evaluate_pool(net: SpikingNetwork, archs: list, batches, energy: bool = True
     correct: list = [0] * len(archs)
     stats: list = [None] * len(archs)
     for x, y in batches:
-        net._check_input(x)
+        net.check_input(x)
 
         def descend(depth, h, trace, members):
             if depth == len(layouts[0]):
