@@ -637,10 +637,6 @@ class SpikingNetwork(nn.Module):
             if isinstance(m, (Neuron, MaxPool, Conv, Linear)):
                 m.tag = name
 
-    @property
-    def is_supernet(self) -> bool:
-        return self.arch is None
-
     def _path(self, arch) -> Arch:
         if arch is None:
             if self.arch is None:

@@ -440,11 +440,11 @@ def _load_tinyimagenet(root: Path, *_):
         return x, np.array([k for _, k in items], np.int64)
 
     (xtr, ytr), (xte, yte) = decode(train), decode(test)
-    _atomic(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
+    atomic_write(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
     return (xtr, ytr), (xte, yte)
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write a file under a temporary name, then rename it, so a reader never sees half a file."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -642,10 +642,10 @@ def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int) ->
                     frames = frames.astype(np.min_scalar_type(max(int(frames.max()), 1)))
                     files.append(f"{split}/{i:06d}.npz")
                     labels.append(label)
-                    _atomic(cache / files[-1], lambda f: np.savez_compressed(f, frames=frames))
+                    atomic_write(cache / files[-1], lambda f: np.savez_compressed(f, frames=frames))
                     if (i + 1) % 500 == 0:
                         print(f"{name} {split}: {i + 1} samples cached in {cache}", file=sys.stderr)
-                _atomic(index[split], lambda f: f.write(json.dumps({"files": files, "labels": labels}).encode()))
+                atomic_write(index[split], lambda f: f.write(json.dumps({"files": files, "labels": labels}).encode()))
     splits = []
     for split in ("train", "test"):
         meta = json.loads(index[split].read_text())

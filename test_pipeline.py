@@ -166,7 +166,7 @@ def test_pipeline_end_to_end(tmp_path):
     d = tmp_path / "full"
     for f in RUN_FILES:
         assert (d / f).is_file(), f
-    assert not list(d.glob("*.tmp"))
+    assert not list(d.glob("*.tmp*"))
     doc = json.loads((d / "search.json").read_text())
     assert len(doc["history"]) == 12 and doc["lam"] == -0.08
     sn = torch.load(d / "supernet.pt", weights_only=False)

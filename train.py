@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 from autosnn import E_AC, E_MAC, NEURONS, SpikingNetwork, count_parameters, predict, rate_loss
 from baselines import BASELINES, HandcraftedSNN
-from data import DATASETS, load_dataset
+from data import DATASETS, atomic_write, load_dataset
 from evolve import (Search, SearchConfig, csv_text, evaluate_archs, evaluate_model, plot_run, run_search,
                     write_history)
 from search_space import check_candidate, get_backbone, resolve_arch, sample_arch
@@ -164,15 +163,11 @@ class Run:
             f.write(json.dumps(row) + "\n")
 
     def write_text(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     def save(self, obj, name: str) -> None:
-        """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint."""
-        tmp = self.path / (name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, self.path / name)
+        """torch.save under a temporary name, then rename: a crash never leaves half a checkpoint."""
+        atomic_write(self.path / name, lambda f: torch.save(obj, f))
 
 
 def tune_cpu_allocator() -> None:
