@@ -58,6 +58,8 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
+from files import atomic_write
+
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "cifar10dvs", "dvs128gesture", "synthetic",
             "synthetic-dvs")
 
@@ -442,14 +444,6 @@ def _load_tinyimagenet(root: Path, *_):
     (xtr, ytr), (xte, yte) = decode(train), decode(test)
     atomic_write(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
     return (xtr, ytr), (xte, yte)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write a file under a temporary name, then rename it, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------

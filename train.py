@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from autosnn import E_AC, E_MAC, NEURONS, SpikingNetwork, count_parameters, predict, rate_loss
 from baselines import BASELINES, HandcraftedSNN
-from data import DATASETS, atomic_write, load_dataset
+from data import DATASETS, load_dataset
+from files import atomic_write
 from evolve import (Search, SearchConfig, csv_text, evaluate_archs, evaluate_model, plot_run, run_search,
                     write_history)
 from search_space import check_candidate, get_backbone, resolve_arch, sample_arch

@@ -1,0 +1,77 @@
+"""The project's error type and its one durable file writer.
+
+`AutoSNNError` is raised by library code for anything a user can fix (a bad option, a missing or
+foreign file, an architecture that does not fit); the command lines print it as one line and exit
+with code 2. Any other exception is a bug and keeps its traceback.
+
+`atomic_write` is how every file in a run folder (and every data cache) is written: a temporary file
+in the same folder, flushed and fsynced, renamed over the target, then the folder fsynced. A crash
+at any moment leaves either the old file or the new one, never half of one, and no temporary file
+survives an error or Ctrl-C (`remove_stale_temps` sweeps those left by a killed process).
+"""
+import errno
+import os
+from pathlib import Path
+
+TEMP_MARK = ".tmp-"      # temporary names: .<name>.tmp-<pid>
+
+
+class AutoSNNError(ValueError):
+    """A mistake the user can fix. Printed as one line by the command lines (exit code 2)."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:          # a platform without directory handles: rename is as durable as it gets
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write) -> None:
+    """Write `path` durably and atomically. write(f) receives a binary file object.
+
+    A full disk raises AutoSNNError naming the file; the previous version of the file is untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise AutoSNNError(f"no space left on device while writing {path}; "
+                               f"the previous version of it is intact") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temps(folder) -> list:
+    """Delete temporary files that a killed writer left in `folder` (not recursive). Returns their names."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(".") and TEMP_MARK in p.name and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p.name)
+            except OSError:
+                pass
+    return removed
