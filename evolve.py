@@ -9,7 +9,7 @@ The evolutionary search starts from `pool` random architectures; every generatio
 `topk` fittest of everything evaluated so far and proposes `mutations` mutants (each searched
 position changes with probability `mutation_prob` to a different candidate), `crossovers`
 one-point crossovers of two distinct parents, and random architectures to fill the pool. No
-architecture is evaluated twice. `algorithm="random"` is the weight-sharing random-search
+architecture is evaluated twice. `search_algo="random"` is the weight-sharing random-search
 baseline: every pool is fresh random architectures, same budget.
 
 Evaluation runs a whole pool per validation batch and computes every shared prefix (the stem and
@@ -49,7 +49,7 @@ import torch
 
 from autosnn import SpikeStats, SpikingNetwork, Trace, predict
 from files import AutoSNNError, atomic_write
-from search_space import Arch, Backbone, parse_arch, sample_arch
+from search_space import Arch, Backbone, parse_arch, resolve_arch, sample_arch
 
 
 def fitness(acc: float, spikes: float, spike_norm: float, lam: float) -> float:
@@ -540,11 +540,13 @@ def export_run(run_dir) -> dict:
         text, source = arch_path.read_text().strip(), arch_path
     elif record is not None:
         text, source = record["arch"], search_path
+    elif cfg["retrain"].get("arch"):          # a --stage retrain run of a given architecture
+        text, source = cfg["retrain"]["arch"], cfg_path
     else:
-        raise AutoSNNError(f"{run_dir} holds no search result (no best_arch.txt or search.json): "
-                           "run the search stage first")
+        raise AutoSNNError(f"{run_dir} holds no architecture (no best_arch.txt or search.json, and no "
+                           f"retrain.arch in config.json): run the search stage first")
     try:
-        arch = parse_arch(text, backbone)
+        arch = resolve_arch(text, backbone)
     except AutoSNNError as e:
         raise AutoSNNError(f"{source}: {e}") from None
     args = ["python", "train.py", "--stage", "retrain", "--arch", str(arch)]

@@ -177,7 +177,8 @@ def test_search_algo_option_replaces_search():
 
 
 def test_search_space_errors_are_autosnn_errors():
-    for bad in (lambda: get_backbone("ResNet"), lambda: parse_arch("SRB_k5"), lambda: search_space.check_candidate("x")):
+    for bad in (lambda: get_backbone("ResNet"), lambda: parse_arch("SRB_k5"),
+                lambda: search_space.check_candidate("x")):
         with pytest.raises(AutoSNNError):
             bad()
     assert not hasattr(search_space.Backbone, "out_channels")
@@ -248,6 +249,14 @@ def test_export_prints_arch_and_a_retrain_command_train_accepts(tmp_path, capsys
     (d / "best_arch.txt").unlink()
     assert evolve.main(["export", str(d)]) == 0
     assert f"--arch {best['arch']}" in capsys.readouterr().out
+    # a retraining run of a named architecture, without any search
+    (d / "search.json").unlink()
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["retrain"]["arch"] = "AutoSNN"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert evolve.main(["export", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "--arch SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5" in out and "config.json" in out
 
 
 def test_export_errors_name_the_file(tmp_path, capsys):
