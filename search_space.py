@@ -18,7 +18,8 @@ Variants for the design-choice study (paper sec. 1): SNN_2 adds a spiking global
 before the classifier, SNN_3 replaces the pools by searched stride-2 blocks (8 searched
 positions, widths C,2C,2C,2C,4C,4C,4C,8C), SNN_4 down-samples by 2x2 avg-pool + neuron.
 
-This module is plain Python (no torch) so it can be read, tested and reused on its own.
+This module is plain Python (no torch) so it can be read, tested and reused on its own; its errors
+are files.AutoSNNError (a ValueError).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import itertools
 import random
 import re
 from dataclasses import dataclass
+
+from files import AutoSNNError
 
 # Index order matters: it is the paper's encoding (0 skip_connect ... 4 SRB_k5).
 # A new candidate is one more name here: autosnn.py builds "SCB_k<k>" / "SRB_k<k>" for any odd k.
@@ -63,10 +66,6 @@ class Backbone:
         """Number of architectures: len(candidates) ** len(searched)."""
         return len(self.candidates) ** len(self.searched)
 
-    @property
-    def out_channels(self) -> int:
-        return self.positions[-1].channels
-
 
 def _snn(variant: int, C: int) -> tuple[tuple[Position, ...], bool]:
     widths = (C, C, 2 * C, 2 * C, 2 * C, 4 * C, 4 * C, 4 * C)
@@ -87,14 +86,14 @@ def get_backbone(name: str, candidates: tuple[str, ...] = CANDIDATES) -> Backbon
     """Backbone by name: 'AutoSNN_<C>' (= SNN_1 at width C) or 'SNN_<k>' / 'SNN_<k>_<C>' (C=16 default)."""
     m = re.fullmatch(r"AutoSNN_(\d+)", name) or re.fullmatch(r"SNN_([1-4])(?:_(\d+))?", name)
     if m is None:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONE_NAMES)} "
+        raise AutoSNNError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONE_NAMES)} "
                          "(or SNN_<1-4>_<C>, AutoSNN_<C>)")
     if name.startswith("AutoSNN"):
         variant, C = 1, int(m.group(1))
     else:
         variant, C = int(m.group(1)), int(m.group(2) or 16)
     if C < 2 or C % 2:
-        raise ValueError(f"backbone width C={C} must be an even number >= 2")
+        raise AutoSNNError(f"backbone width C={C} must be an even number >= 2")
     for c in candidates:
         check_candidate(c)
     positions, gap = _snn(variant, C)
@@ -102,11 +101,11 @@ def get_backbone(name: str, candidates: tuple[str, ...] = CANDIDATES) -> Backbon
 
 
 def check_candidate(name: str) -> None:
-    """Raise ValueError unless `name` is a block autosnn.py can build."""
+    """Raise AutoSNNError unless `name` is a block autosnn.py can build."""
     if name != "skip_connect" and not re.fullmatch(r"S[CR]B_k[1-9]\d*", name):
-        raise ValueError(f"unknown candidate block {name!r}; expected skip_connect, SCB_k<odd k> or SRB_k<odd k>")
+        raise AutoSNNError(f"unknown candidate block {name!r}; expected skip_connect, SCB_k<odd k> or SRB_k<odd k>")
     if name != "skip_connect" and int(name.split("_k")[1]) % 2 == 0:
-        raise ValueError(f"candidate {name!r} needs an odd kernel size")
+        raise AutoSNNError(f"candidate {name!r} needs an odd kernel size")
 
 
 class Arch(tuple):
@@ -132,11 +131,11 @@ def parse_arch(text: str | list | tuple, backbone: Backbone | str | None = None)
     tokens = [t.strip() for t in text.split("-")] if isinstance(text, str) else list(text)
     for t in tokens:
         if t not in backbone.candidates:
-            raise ValueError(f"bad block {t!r} in architecture {text!r}; valid blocks: "
+            raise AutoSNNError(f"bad block {t!r} in architecture {text!r}; valid blocks: "
                              f"{', '.join(backbone.candidates)}")
     n = len(backbone.searched)
     if len(tokens) != n:
-        raise ValueError(f"architecture {text!r} has {len(tokens)} blocks but backbone {backbone.name} "
+        raise AutoSNNError(f"architecture {text!r} has {len(tokens)} blocks but backbone {backbone.name} "
                          f"has {n} searched positions")
     return Arch(tokens)
 

@@ -100,14 +100,14 @@ def test_evolution_proposes_unseen_valid_architectures():
     assert len(s.history) == 40
     assert s.topk()[0]["fitness"] == max(h["fitness"] for h in s.history)
     # later generations contain children of the top-k: with p=0.2 mutants share most positions
-    gen1 = [h["arch"].split("-") for h in s.history if h["generation"] == 1]
-    parents = [h["arch"].split("-") for h in s.history if h["generation"] == 0]
-    close = [a for a in gen1 if any(sum(x != y for x, y in zip(a, p)) <= 2 for p in parents)]
+    gen2 = [h["arch"].split("-") for h in s.history if h["generation"] == 2]
+    parents = [h["arch"].split("-") for h in s.history if h["generation"] == 1]
+    close = [a for a in gen2 if any(sum(x != y for x, y in zip(a, p)) <= 2 for p in parents)]
     assert len(close) >= 5
 
 
 def test_random_search_same_budget():
-    s = make_search(search="random")
+    s = make_search(search_algo="random")
     evolve.run_search(s, fake_eval, log=lambda m: None)
     assert len(s.history) == 40 and len({h["arch"] for h in s.history}) == 40
 
@@ -241,7 +241,7 @@ def test_stages_separately_and_inherit(tmp_path):
     sup = tmp_path / "sup" / "supernet.pt"
     assert train.main(["--stage", "search", "--supernet", str(sup), "--lam", "-0.16", "--iterations", "2",
                        "--pool", "3", "--topk", "2", "--mutations", "1", "--crossovers", "1",
-                       "--search", "random", "--out", str(tmp_path), "--name", "se", "--log-every", "0"]) == 0
+                       "--search-algo", "random", "--out", str(tmp_path), "--name", "se", "--log-every", "0"]) == 0
     doc = json.loads((tmp_path / "se" / "search.json").read_text())
     assert doc["lam"] == -0.16 and doc["algorithm"] == "random" and len(doc["history"]) == 6
     assert run_cli(tmp_path, "re", "--stage", "retrain", "--arch", "AutoSNN", "--supernet", str(sup),

@@ -340,17 +340,17 @@ def search_stage(cfg: Config, ds, run: Run, device, ck: dict) -> str:
     def checkpoint(s: Search):
         write_history(run.path, s, run.write_text)
         run.save({"search": s.state_dict(), "rng": rng_states(), "config": cfg.to_dict()}, "search.pt")
-        gen = [h for h in s.history if h["generation"] == s.generation - 1]
+        gen = [h for h in s.history if h["generation"] == s.generation]
         run.metrics(stage="search", generation=s.generation, evaluated=len(gen),
                     best_fitness=s.best()["fitness"], best_arch=s.best()["arch"],
                     mean_acc=sum(h["acc"] for h in gen) / max(len(gen), 1))
 
     if not search.done:
-        run.log(f"search: {sc.search} on D_val ({len(d_val)} images), lambda {sc.lam}, "
+        run.log(f"search: {sc.search_algo} on D_val ({len(d_val)} images), lambda {sc.lam}, "
                 f"spike_norm {spike_norm:.0f}, {sc.iterations} x {sc.pool}")
         run_search(search, lambda archs: evaluate_archs(net, archs, val_batches,
                                                         recalib_batches if sc.bn_recalib else None),
-                   checkpoint, run.log)
+                   checkpoint, run.log, num_classes=ds.num_classes, val_images=len(d_val))
     best = search.best()
     run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
     plot_run(run.path, run.log)
