@@ -260,7 +260,9 @@ def test_event_data_pipeline(tmp_path):
 
 
 def test_ann_mode_and_bn_recalibration(tmp_path):
-    assert run_cli(tmp_path, "ann", "--neuron", "ann", "--bn-recalib", "2") == 0
+    i = TINY.index("--T")                                   # ann implies T = 1 and lambda = 0
+    argv = TINY[:i] + TINY[i + 2:] + ["--out", str(tmp_path), "--name", "ann"]
+    assert train.main(argv + ["--neuron", "ann", "--bn-recalib", "2"]) == 0
     doc = json.loads((tmp_path / "ann" / "search.json").read_text())
     assert doc["lam"] == 0.0 and all(h["fitness"] == h["acc"] and h["spikes"] == 0 for h in doc["history"])
     cfg = json.loads((tmp_path / "ann" / "config.json").read_text())
