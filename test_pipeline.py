@@ -280,7 +280,7 @@ def test_ann_mode_and_bn_recalibration(tmp_path):
     (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5"], "2 blocks"),
     (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5-skip-SRB_k3-SRB_k5"], "bad block 'skip'"),
     (["--stage", "search"], "needs --supernet"),
-    (["--lam", "0.1"], "lambda must be <= 0"),
+    (["--lam", "0.1"], "--lam must be <= 0"),
     (["--T", "0"], "--T must be"),
 ])
 def test_bad_options(tmp_path, capsys, extra, words):

@@ -17,6 +17,7 @@ import autosnn
 import evolve
 import files
 import train
+from search_space import AUTOSNN
 from test_pipeline import TINY, assert_same_run
 
 HERE = Path(__file__).resolve().parent
@@ -332,8 +333,8 @@ def count_syncs(monkeypatch, fn):
 
 def test_no_host_sync_per_batch(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    net = autosnn.SpikingNetwork("AutoSNN_4", 10, "AutoSNN", T=2, v_th=0.5)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    net = autosnn.SpikingNetwork("AutoSNN_4", 10, AUTOSNN, T=2, v_th=0.5)
+    opt = torch.optim.SGD(net.parameters(), 1e-3)    # Adam reads its step counters, kept on the CPU, with .item()
     data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
     run = train.Run(tmp_path)
     counts = []
@@ -342,6 +343,12 @@ def test_no_host_sync_per_batch(tmp_path, monkeypatch):
             net, opt, data[:n], n, lambda: None, run, 0, "t")))
         counts.append(count_syncs(monkeypatch, lambda: evolve.evaluate_model(net, data[:n])))
     assert counts[0] == counts[2] and counts[1] == counts[3], counts     # independent of the batch count
+
+
+@pytest.mark.skipif(not hasattr(autosnn, "compile_network"), reason="needs autosnn.py with autocast-safe neurons/BN")
+def test_bf16_autocast_runs(tmp_path):
+    assert cli(tmp_path, "bf", "--stage", "retrain", "--arch", "AutoSNN", "--retrain-epochs", "1", "--amp", "bf16") == 0
+    assert 0 <= json.loads((tmp_path / "bf" / "results.json").read_text())["test_acc"] <= 1
 
 
 def test_determinism_flag_and_compile_default():

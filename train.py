@@ -847,7 +847,7 @@ def check_config(cfg: Config) -> None:
     if r.dataset not in ("synthetic", "synthetic-dvs"):
         for name in ("n_train", "n_test"):
             need(value_of(cfg, name) == 0, name, "0 (it sizes synthetic data only)")
-    elif r.n_train:
+    elif r.n_train and 0 < sn.train_portion < 1:
         k = int(r.n_train * sn.train_portion + 1e-9)
         if not 0 < k < r.n_train:
             raise AutoSNNError(f"--n-train {r.n_train} with --train-portion {sn.train_portion} leaves an empty "
