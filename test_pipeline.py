@@ -1,4 +1,5 @@
 """Tests of the search (evolve.py) and the command-line pipeline (train.py) on synthetic data."""
+import dataclasses
 import json
 import math
 import random
@@ -46,6 +47,10 @@ def test_more_negative_lambda_never_picks_more_spikes():
         spikes = [p["spikes"] for p in picks]
         assert all(a >= b for a, b in zip(spikes, spikes[1:]))
         assert picks[0]["acc"] == max(h["acc"] for h in history)
+
+
+# the search algorithm's option (renamed from `search` to `search_algo`, --search-algo)
+ALGO = "search_algo" if "search_algo" in {f.name for f in dataclasses.fields(SearchConfig)} else "search"
 
 
 def make_search(**kw):
@@ -107,7 +112,7 @@ def test_evolution_proposes_unseen_valid_architectures():
 
 
 def test_random_search_same_budget():
-    s = make_search(search="random")
+    s = make_search(**{ALGO: "random"})
     evolve.run_search(s, fake_eval, log=lambda m: None)
     assert len(s.history) == 40 and len({h["arch"] for h in s.history}) == 40
 
@@ -205,7 +210,8 @@ def assert_same_run(a, b):
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("stop_after", [1, 4, 7])   # mid super-network, mid search, mid retraining
+# Ctrl-C mid search; test_reliability.py kills (SIGKILL) in every stage and inside the writer
+@pytest.mark.parametrize("stop_after", [4])
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_after):
     assert run_cli(tmp_path, "ref") == 0
     saves = {"n": 0}
@@ -241,7 +247,7 @@ def test_stages_separately_and_inherit(tmp_path):
     sup = tmp_path / "sup" / "supernet.pt"
     assert train.main(["--stage", "search", "--supernet", str(sup), "--lam", "-0.16", "--iterations", "2",
                        "--pool", "3", "--topk", "2", "--mutations", "1", "--crossovers", "1",
-                       "--search", "random", "--out", str(tmp_path), "--name", "se", "--log-every", "0"]) == 0
+                       "--" + ALGO.replace("_", "-"), "random", "--out", str(tmp_path), "--name", "se", "--log-every", "0"]) == 0
     doc = json.loads((tmp_path / "se" / "search.json").read_text())
     assert doc["lam"] == -0.16 and doc["algorithm"] == "random" and len(doc["history"]) == 6
     assert run_cli(tmp_path, "re", "--stage", "retrain", "--arch", "AutoSNN", "--supernet", str(sup),

@@ -104,7 +104,7 @@ class RunConfig:
                              flag="--supernet")
     log_every: int = opt(100, "batches between progress lines (0 = per epoch only)")
     activation_checkpointing: bool = opt(False, "recompute block activations in backward: less training "
-                                                "memory for large T, ~1/3 more compute, same results")
+                                                "memory for large T, ~1/3 more compute, same results on a CPU")
 
 
 @dataclass
@@ -361,9 +361,10 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
     """One epoch. path(): the architecture of the next batch (sampled for the super-network).
     Metrics and per-layer spike counts accumulate on the device and are read once per logging
     interval and at the end: no host sync per batch. Returns loss, acc, spikes (per image),
-    img_per_s, and "layers": {layer name: spikes in the epoch} with "kinds": {name: kind}."""
+    img_per_s, "layers": {layer name: spikes in the epoch}, and "classifier": the classifier
+    neuron's layer name (None for the ANN)."""
     net.train()
-    sums, n, counts, kinds = None, 0, {}, {}
+    sums, n, counts, classifier = None, 0, {}, None
     start = time.time()
     for i, (x, y) in enumerate(batches, 1):
         optimizer.zero_grad(set_to_none=True)   # unsampled candidates keep grad None: Adam skips them
@@ -379,7 +380,8 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
             key = tuple(stats.names)          # super-network paths differ in their layers
             if key not in counts:
                 counts[key] = stats.counts
-                kinds.update(zip(stats.names, stats.kinds))
+                neurons = [nm for nm, k in zip(stats.names, stats.kinds) if k == "neuron"]
+                classifier = neurons[-1] if neurons else None     # the forward's last neuron layer
             else:
                 counts[key] = counts[key] + stats.counts
         n += len(y)
@@ -396,13 +398,7 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
     for nm, c in zip(names, flat):
         layers[nm] = layers.get(nm, 0.0) + c
     return {"loss": loss_sum / n, "acc": correct / n, "spikes": spikes / n,
-            "img_per_s": n / (time.time() - start), "layers": layers, "kinds": kinds}
-
-
-def classifier_layer(kinds: dict):
-    """The classifier's neuron: the last neuron layer of the forward (None for the ANN)."""
-    names = [n for n, k in kinds.items() if k == "neuron"]
-    return names[-1] if names else None
+            "img_per_s": n / (time.time() - start), "layers": layers, "classifier": classifier}
 
 
 def warn_silent(run: Run, per_layer: dict, when: str, classifier=None) -> list:
@@ -411,9 +407,9 @@ def warn_silent(run: Run, per_layer: dict, when: str, classifier=None) -> list:
     for n in silent:
         if n == classifier:
             continue
-        run.warn(("silent", n), f"layer {n} emitted no spike {when}: the layers after it get no input. "
-                 f"A PLIF neuron after average pooling/GAP cannot reach v_th = 1 at first (README, "
-                 f"'Silent layers')")
+        run.warn(("silent", n), f"layer {n} emitted no spike {when}: the layers after it get no input "
+                 f"(one known cause: a PLIF neuron after average pooling/GAP cannot reach v_th = 1 at first; "
+                 f"README, 'Silent layers'). Warned once per layer")
     return silent
 
 
@@ -430,16 +426,16 @@ def check_epoch(net, m: dict, what: str, ckpt: Path, run: Run) -> None:
                            f"The last good checkpoint is kept ({ckpt}); try a lower learning rate")
     if net.neuron == "ann":
         return
-    clf = classifier_layer(m["kinds"])
+    clf = m["classifier"]
     if clf is not None and m["layers"].get(clf, 1) == 0:
-        run.warn(("classifier", what, e), f"the {what} classifier ({clf}) emitted no spike in epoch {e}: "
+        run.warn(("classifier", what), f"the {what} classifier ({clf}) emitted no spike in epoch {e}: "
                  f"nothing can be learned until it fires (normal early in training; if it persists, "
-                 f"lower --v-th or check the learning rate)")
+                 f"lower --v-th or check the learning rate). Warned once")
     warn_silent(run, m["layers"], f"in {what} epoch {e}", clf)
 
 
 def history_row(m: dict) -> dict:
-    return {k: v for k, v in m.items() if k not in ("layers", "kinds")}
+    return {k: v for k, v in m.items() if k not in ("layers", "classifier")}
 
 
 def build_net(cfg: Config, num_classes: int, input_shape, arch=None) -> SpikingNetwork:
@@ -497,6 +493,8 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
         history, epoch, wall = ck["history"], ck["epoch"], ck.get("wall_s", 0.0)
     run.cut_metrics("supernet", "epoch", epoch)
     if path.exists() and epoch >= sc.supernet_epochs:
+        if not (run.path / "supernet_model.pt").exists():      # killed between the two files
+            save_network(net, run.path / "supernet_model.pt")
         run.wall["supernet"] = wall
         return ck
     if epoch:
@@ -753,9 +751,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         hint = ""
-        words = [w.split("=")[0] for w in message.split() if w.startswith("--")]
         options = [o for a in self._actions for o in a.option_strings]
-        for w in words:
+        words = [w.split("=")[0].strip(":,'\"") for w in message.split() if w.startswith("--")]
+        for w in (w for w in words if w not in options):
             close = difflib.get_close_matches(w, options, n=1, cutoff=0.7)
             if close and close[0] != w:
                 hint = f" (did you mean {close[0]}?)"
@@ -779,9 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group(f"{title} options")
         for f in fields(kind):
             short = PRESETS[DEFAULT_PRESET].get(f.name)
-            default = (f"default {f.default!r}" if f.default is not None else "default: see above") + \
-                (f"; {DEFAULT_PRESET} preset {short!r}" if short is not None else "")
-            help_text = f"{f.metadata.get('help', '')} ({default})".replace("%", "%%")   # argparse formats help
+            default = f" (default {f.default!r}" + (f"; {DEFAULT_PRESET} preset {short!r}" if short is not None
+                                                    else "") + ")" if f.default is not None else ""
+            help_text = f"{f.metadata.get('help', '')}{default}".replace("%", "%%")   # argparse formats help
             if isinstance(f.default, bool) or f.default is None:
                 g.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
@@ -960,12 +958,13 @@ def prepare(args: dict) -> tuple[Config, Path, dict | None, str]:
     super-network checkpoint. Creates nothing. Returns (cfg, run_dir, supernet checkpoint, preset)."""
     if "resume" in args:
         run_dir = Path(args.pop("resume"))
+        saved = read_config(run_dir)
         extra = set(args) - {"device", "threads", "compile", "log_every"}
         if extra:
             raise AutoSNNError(f"--resume takes its options from {run_dir}/config.json; drop "
                                + ", ".join(flag(k) if k in FIELDS else "--" + k.replace("_", "-")
                                            for k in sorted(extra)))
-        cfg = Config.from_flat({**read_config(run_dir), **args})
+        cfg = Config.from_flat({**saved, **args})
         check_config(cfg)
         return cfg, run_dir, None, ""
     supernet_ck = None
