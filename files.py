@@ -8,6 +8,8 @@ with code 2. Any other exception is a bug and keeps its traceback.
 in the same folder, flushed and fsynced, renamed over the target, then the folder fsynced. A crash
 at any moment leaves either the old file or the new one, never half of one, and no temporary file
 survives an error or Ctrl-C (`remove_stale_temps` sweeps those left by a killed process).
+`create_folder` makes a new folder with its first files in one rename, so a crash never leaves an
+empty or half-made run folder. Durability assumes a filesystem that honours fsync and rename order.
 """
 import errno
 import os

@@ -365,3 +365,24 @@ def test_determinism_flag_and_compile_default():
     assert not train.Env(cfg, torch.device("cpu")).compile and train.Env(cfg, torch.device("cuda")).compile
     cfg, _ = train.make_config({"compile": False})
     assert not train.Env(cfg, torch.device("cuda")).compile
+
+
+def test_writer_and_sweeper(tmp_path):
+    target = tmp_path / "x.json"
+    files.atomic_write_text(target, "old")
+
+    def interrupted(f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(target, interrupted)
+    assert target.read_text() == "old" and temps(tmp_path) == []
+    live = tmp_path / f".a{files.TEMP_MARK}{os.getpid()}"          # a writer still running: kept
+    dead = tmp_path / f".b{files.TEMP_MARK}999999999"              # no such process: removed
+    live.write_text("")
+    dead.mkdir()
+    assert files.remove_stale_temps(tmp_path) == [dead.name] and live.exists()
+    files.create_folder(tmp_path / "new", {"config.json": "{}"})
+    assert (tmp_path / "new" / "config.json").read_text() == "{}"
+    with pytest.raises(files.AutoSNNError, match="already exists"):
+        files.create_folder(tmp_path / "new", {"config.json": "{}"})

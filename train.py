@@ -339,6 +339,9 @@ def environment(device: torch.device) -> dict:
                              timeout=5)
         if res.returncode == 0:
             commit = res.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            commit += "-dirty" if dirty else ""      # uncommitted changes: the commit alone is not the code
     except (OSError, subprocess.SubprocessError):
         pass
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
@@ -707,7 +710,7 @@ def study_stage(cfg: Config, ds, run: Run, env: Env) -> list[dict]:
     """Design-choice study (paper sec. 1): SNN_1 (no GAP, max-pool), SNN_2 (GAP), SNN_3 (stride-2
     blocks) and SNN_4 (avg-pool) with one fixed block everywhere, the retraining schedule and the
     same seed. Each variant trains in study/<backbone>/ (resumable); the table goes to study.md/.csv."""
-    C, rows = get_backbone(cfg.run.backbone).C, []
+    C, rows, silent = get_backbone(cfg.run.backbone).C, [], {}
     for variant in range(1, 5):
         backbone = f"SNN_{variant}_{C}"
         sub = Config.from_flat({**cfg.flat(), "backbone": backbone, "model": "",
@@ -720,19 +723,21 @@ def study_stage(cfg: Config, ds, run: Run, env: Env) -> list[dict]:
         e = res["energy"] or {}
         rows.append({"backbone": backbone, "design": DESIGNS[variant], "test_acc": res["test_acc"],
                      "spikes": res["spikes"], "neuron_spikes": res["neuron_spikes"], "params": res["params"],
-                     "energy_uj": e.get("energy_uj"), "ann_energy_uj": e.get("ann_energy_uj"),
-                     "silent_layers": " ".join(res["silent_layers"]) or "none"})
+                     "energy_uj": e.get("energy_uj"), "ann_energy_uj": e.get("ann_energy_uj")})
+        silent[backbone] = res["silent_layers"]
     keys = list(rows[0])
     run.write_text(run.path / "study.csv", csv_text(keys, rows))
     fmt = {"test_acc": "{:.4f}", "spikes": "{:.0f}", "neuron_spikes": "{:.0f}", "params": "{:,}",
            "energy_uj": "{:.2f}", "ann_energy_uj": "{:.2f}"}
     md = [f"Design-choice study: {cfg.run.dataset}, block {cfg.retrain.study_block} everywhere, T={cfg.run.T}, "
           f"{cfg.retrain.retrain_epochs} epochs, seed {cfg.run.seed}. Energy is an estimate "
-          f"({E_AC} pJ/AC, {E_MAC} pJ/MAC). Silent layers emitted no spike on the test set; everything "
-          f"after them gets no input (README, 'Silent layers').", "",
+          f"({E_AC} pJ/AC, {E_MAC} pJ/MAC).", "",
           "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     md += ["| " + " | ".join(fmt.get(k, "{}").format(x[k]) if x[k] is not None else "-" for k in keys) + " |"
            for x in rows]
+    md += ["", "Silent layers (no spike on the test set; every layer after one gets no input, see the "
+               "README's 'Silent layers'):"]
+    md += [f"- {b}: {', '.join(names) or 'none'}" for b, names in silent.items()]
     run.write_text(run.path / "study.md", "\n".join(md) + "\n")
     run.log("\n".join(md))
     return rows
@@ -924,6 +929,9 @@ def check_out(out: str, name: str) -> Path:
     return base / name
 
 
+LEGACY_NAMES = {"supernet": "supernet_path", "search": "search_algo"}
+
+
 def read_config(run_dir: Path) -> dict:
     """The saved configuration of a run folder, as a flat dict; errors name the file."""
     path = run_dir / "config.json"
@@ -939,8 +947,9 @@ def read_config(run_dir: Path) -> dict:
         raise AutoSNNError(f"{path} is not a run configuration (expected the sections "
                            f"{', '.join(k for k, _ in SECTIONS)})")
     flat = {k: v for key, _ in SECTIONS for k, v in saved[key].items()}
-    if "supernet" in flat and "supernet_path" not in flat:       # the name before it was unambiguous
-        flat["supernet_path"] = flat.pop("supernet")
+    for was, now_ in LEGACY_NAMES.items():       # options saved by an older version under another name
+        if was in flat and was not in FIELDS and now_ in FIELDS and now_ not in flat:
+            flat[now_] = flat.pop(was)
     bad = sorted(set(flat) - set(FIELDS))
     if bad:
         raise AutoSNNError(f"{path} has unknown options: {', '.join(bad)}")
