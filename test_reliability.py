@@ -178,6 +178,7 @@ BAD = [
     (["--download", "--data-root", "@FILE"], "is a file, not a folder"),
     (["--stage", "search", "--supernet", "@CHILD"], "is a retrain checkpoint, not a supernet one"),
     (["--stage", "retrain", "--arch", "AutoSNN", "--inherit", "--supernet", "@SUPER8"], "does not fit"),
+    (["--dataset", "synthetic-dvs", "--stage", "retrain", "--model", "resnet19-zheng"], "takes input"),
 ]
 
 
@@ -358,8 +359,8 @@ def test_determinism_flag_and_compile_default():
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
     finally:
-        torch.use_deterministic_algorithms(False)
         train.set_determinism(False)
+    assert not torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
     cfg, _ = train.make_config({"device": "cpu"})
     assert not train.Env(cfg, torch.device("cpu")).compile and train.Env(cfg, torch.device("cuda")).compile

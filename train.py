@@ -854,7 +854,7 @@ def check_config(cfg: Config) -> None:
         k = int(r.n_train * sn.train_portion + 1e-9)
         if not 0 < k < r.n_train:
             raise AutoSNNError(f"--n-train {r.n_train} with --train-portion {sn.train_portion} leaves an empty "
-                               f"D_train or D_val; use at least {math.ceil(2 / min(sn.train_portion, 1 - sn.train_portion))} images")
+                               f"D_train or D_val; give more images")
     need(r.split_by in ("number", "time"), "split_by", "'number' or 'time'")
     if r.neuron in ("plif", "lif"):
         need(r.tau0 > 1, "tau0", "> 1 (the leak is 1/tau)")
@@ -1005,8 +1005,8 @@ def set_determinism(deterministic: bool) -> None:
     Otherwise TF32 convolutions/matmuls are allowed (Ampere and later), which moves threshold
     crossings slightly. CPU results are reproducible either way."""
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts
+    torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
     torch.backends.cuda.matmul.allow_tf32 = not deterministic
@@ -1025,7 +1025,26 @@ def load_data(cfg: Config):
     if r.cutout > side:
         raise AutoSNNError(f"--cutout {r.cutout} is larger than the {side}x{side} images: it would blank them")
     _user(ds.search_split, cfg.supernet.train_portion)
+    _user(check_networks, cfg, ds)
     return ds
+
+
+def check_networks(cfg: Config, ds) -> None:
+    """Build (on the CPU, then drop) every network the run will train, so that a shape or option
+    the network rejects fails now, not after the run folder exists."""
+    r, rc = cfg.run, cfg.retrain
+    if rc.model:
+        HandcraftedSNN(rc.model, ds.num_classes, r.T, ds.input_shape, rc.model_width, r.neuron, r.tau0, r.v_th)
+    elif r.stage == "study":
+        C = get_backbone(r.backbone).C
+        for v in range(1, 5):
+            bb = get_backbone(f"SNN_{v}_{C}")
+            SpikingNetwork(bb, ds.num_classes, [rc.study_block] * len(bb.searched), r.T, ds.input_shape,
+                           r.neuron, r.tau0, r.v_th)
+    elif r.stage == "retrain":
+        build_net(cfg, ds.num_classes, ds.input_shape, resolve_arch(rc.arch, r.backbone))
+    elif r.stage in ("all", "supernet"):
+        build_net(cfg, ds.num_classes, ds.input_shape)
 
 
 def execute(cfg: Config, run_dir: Path, supernet_ck: dict | None, preset: str, state: dict):
