@@ -247,7 +247,8 @@ def test_stages_separately_and_inherit(tmp_path):
     sup = tmp_path / "sup" / "supernet.pt"
     assert train.main(["--stage", "search", "--supernet", str(sup), "--lam", "-0.16", "--iterations", "2",
                        "--pool", "3", "--topk", "2", "--mutations", "1", "--crossovers", "1",
-                       "--" + ALGO.replace("_", "-"), "random", "--out", str(tmp_path), "--name", "se", "--log-every", "0"]) == 0
+                       "--" + ALGO.replace("_", "-"), "random", "--out", str(tmp_path), "--name", "se",
+                       "--log-every", "0"]) == 0
     doc = json.loads((tmp_path / "se" / "search.json").read_text())
     assert doc["lam"] == -0.16 and doc["algorithm"] == "random" and len(doc["history"]) == 6
     assert run_cli(tmp_path, "re", "--stage", "retrain", "--arch", "AutoSNN", "--supernet", str(sup),

@@ -21,9 +21,9 @@ Every option is validated (and the dataset loaded) before the run folder exists;
 at once with its config.json, so a crash leaves either nothing or a run that --resume continues.
 Every file is written through files.atomic_write (temp file, fsync, rename). Checkpoints are written
 after every epoch and every search generation and carry the RNG states the project draws from, so on
-a CPU --resume continues bit-identically (on a GPU, only with --deterministic, and then on the same
-card and software versions). The configuration is one dataclass per stage below; the command line
-is generated from them.
+a CPU --resume continues bit-identically. On a GPU that needs at least --deterministic and the same
+card and software versions (not checked by the tests, which run on a CPU). The configuration is one
+dataclass per stage below; the command line is generated from them.
 """
 from __future__ import annotations
 
@@ -344,8 +344,15 @@ def environment(device: torch.device) -> dict:
             commit += "-dirty" if dirty else ""      # uncommitted changes: the commit alone is not the code
     except (OSError, subprocess.SubprocessError):
         pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
-                                                                             or platform.machine())
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+        except OSError:
+            pass
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "git_commit": commit, "device": str(device), "device_name": name, "host": platform.node()}
 
