@@ -21,7 +21,18 @@ from search_space import AUTOSNN
 from test_pipeline import TINY, assert_same_run
 
 HERE = Path(__file__).resolve().parent
-TINY1 = TINY + ["--threads", "1"]        # subprocesses share 2 cores with everything else
+# smaller still than test_pipeline's TINY (2 batches per epoch, 2 x 3 search), one thread: the
+# killed subprocesses share 2 cores with everything else
+TINY1 = TINY + ["--n-train", "64", "--iterations", "2", "--pool", "3", "--mutations", "1", "--threads", "1"]
+
+
+def no_plots(*args, **kwargs):
+    return []        # plots are most of a tiny run's time and none of what these tests check
+
+
+@pytest.fixture(autouse=True)
+def _no_plots(monkeypatch):
+    monkeypatch.setattr(train, "plot_run", no_plots)
 
 
 def cli(out, name, *extra):
@@ -32,7 +43,9 @@ def cli(out, name, *extra):
 def ref(tmp_path_factory):
     """One uninterrupted tiny run (all three stages): the reference for every resumed one."""
     out = tmp_path_factory.mktemp("ref")
-    assert cli(out, "ref") == 0
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train, "plot_run", no_plots)
+        assert cli(out, "ref") == 0
     return out / "ref"
 
 
@@ -57,6 +70,7 @@ KILLER = r"""
 import os, signal, sys
 import train
 point, count, seen = sys.argv[1], int(sys.argv[2]), [0]
+train.plot_run = lambda *args, **kwargs: []
 
 def hit():
     seen[0] += 1
