@@ -401,3 +401,18 @@ def test_writer_and_sweeper(tmp_path):
     assert (tmp_path / "new" / "config.json").read_text() == "{}"
     with pytest.raises(files.AutoSNNError, match="already exists"):
         files.create_folder(tmp_path / "new", {"config.json": "{}"})
+
+
+def test_ctrl_c_while_imports_load():
+    """Ctrl-C lands while train.py imports torch (simulated at that import): a line, no traceback."""
+    script = ("import builtins, runpy\n"
+              "real = builtins.__import__\n"
+              "def imp(name, *a, **k):\n"
+              "    if name == 'torch':\n"
+              "        raise KeyboardInterrupt\n"
+              "    return real(name, *a, **k)\n"
+              "builtins.__import__ = imp\n"
+              "runpy.run_path('train.py', run_name='__main__')\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 130 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "interrupted while loading; nothing was saved"
