@@ -8,9 +8,12 @@ with code 2. Any other exception is a bug and keeps its traceback.
 in the same folder, flushed and fsynced, renamed over the target, then the folder fsynced. A crash
 at any moment leaves either the old file or the new one, never half of one, and no temporary file
 survives an error or Ctrl-C (`remove_stale_temps` sweeps those left by a killed process).
+`create_folder` makes a new folder with its first files in one rename, so a crash never leaves an
+empty or half-made run folder. Durability assumes a filesystem that honours fsync and rename order.
 """
 import errno
 import os
+import shutil
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"      # temporary names: .<name>.tmp-<pid>
@@ -61,17 +64,66 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # exists but belongs to someone else
+        return True
+    return True
+
+
 def remove_stale_temps(folder) -> list:
-    """Delete temporary files that a killed writer left in `folder` (not recursive). Returns their names."""
+    """Delete temporary files and folders (.<name>.tmp-<pid>) that a killed writer left in `folder`
+    (not recursive); those of a process still running are kept. Returns the removed names."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        if p.name.startswith(".") and TEMP_MARK in p.name and p.is_file():
-            try:
+        if not (p.name.startswith(".") and TEMP_MARK in p.name):
+            continue
+        pid = p.name.rsplit(TEMP_MARK, 1)[1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
                 p.unlink()
-                removed.append(p.name)
-            except OSError:
-                pass
+            removed.append(p.name)
+        except OSError:
+            pass
     return removed
+
+
+def create_folder(path, files: dict) -> None:
+    """Create the folder `path` holding `files` ({name: text}) all at once: they are written into
+    a temporary sibling folder that is then renamed into place, so a crash leaves either no folder or
+    a complete one. Raises AutoSNNError if `path` exists or its parent cannot be written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    if path.exists() or path.is_symlink():
+        raise AutoSNNError(f"{path} already exists; continue it with --resume {path} or choose another --name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)
+        tmp.mkdir()
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        os.rename(tmp, path)    # fails on an existing non-empty folder; never merges into one
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            if path.exists():
+                raise AutoSNNError(f"{path} already exists; continue it with --resume {path} "
+                                   f"or choose another --name") from None
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise AutoSNNError(f"no space left on device while creating {path}") from None
+            raise AutoSNNError(f"cannot create the run folder {path} ({e.strerror or e}); "
+                               f"choose a writable --out") from None
+        raise
+    _fsync_dir(path.parent)

@@ -1,0 +1,418 @@
+"""Faults and bad input (train.py, files.py): kills at chosen moments, a full disk, divergence, every
+bad option a new user tried; and the run folder's promises (weights-only checkpoints, no per-batch
+host sync, RNG states that resume on any device count)."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import autosnn
+import evolve
+import files
+import train
+from search_space import AUTOSNN
+from test_pipeline import TINY, assert_same_run
+
+HERE = Path(__file__).resolve().parent
+# smaller still than test_pipeline's TINY (2 batches per epoch, 2 x 3 search), one thread: the
+# killed subprocesses share 2 cores with everything else
+TINY1 = TINY + ["--n-train", "64", "--iterations", "2", "--pool", "3", "--mutations", "1", "--threads", "1"]
+
+
+def no_plots(*args, **kwargs):
+    return []        # plots are most of a tiny run's time and none of what these tests check
+
+
+@pytest.fixture(autouse=True)
+def _no_plots(monkeypatch):
+    monkeypatch.setattr(train, "plot_run", no_plots)
+
+
+def cli(out, name, *extra):
+    return train.main(TINY1 + ["--out", str(out), "--name", name, *extra])
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    """One uninterrupted tiny run (all three stages): the reference for every resumed one."""
+    out = tmp_path_factory.mktemp("ref")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train, "plot_run", no_plots)
+        assert cli(out, "ref") == 0
+    return out / "ref"
+
+
+def temps(folder: Path) -> list:
+    return [p for p in folder.rglob("*") if files.TEMP_MARK in p.name or p.name.endswith(".tmp")]
+
+
+def metric_keys(d: Path) -> list:
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    return [(r["stage"], r.get("epoch", r.get("generation"))) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kills (SIGKILL in a subprocess), then resume
+# ---------------------------------------------------------------------------------------------
+
+# Runs train.main in a fresh process and SIGKILLs it at the count-th hit of `point`:
+#   replace:<file>   inside files.atomic_write, after the temp file is written and fsynced, before the rename
+#   metrics:<stage>  right after a metrics.jsonl row is appended, before that epoch's checkpoint
+#   folder           inside files.create_folder, before the temp folder is renamed into place
+KILLER = r"""
+import os, signal, sys
+import train
+point, count, seen = sys.argv[1], int(sys.argv[2]), [0]
+train.plot_run = lambda *args, **kwargs: []
+
+def hit():
+    seen[0] += 1
+    if seen[0] == count:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if point.startswith("replace:"):
+    real_replace = os.replace
+    def replace(src, dst, *a, **k):
+        if os.path.basename(str(dst)) == point[8:]:
+            hit()
+        return real_replace(src, dst, *a, **k)
+    os.replace = replace
+elif point.startswith("metrics:"):
+    real_metrics = train.Run.metrics
+    def metrics(self, **row):
+        real_metrics(self, **row)
+        if row.get("stage") == point[8:]:
+            hit()
+    train.Run.metrics = metrics
+else:
+    real_rename = os.rename
+    def rename(src, dst, *a, **k):
+        hit()
+        return real_rename(src, dst, *a, **k)
+    os.rename = rename
+sys.exit(train.main(sys.argv[3:]))
+"""
+
+
+def killed(point: str, count: int, argv: list) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", KILLER, point, str(count), *argv], cwd=HERE, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, (res.returncode, res.stderr[-2000:])
+
+
+@pytest.mark.parametrize("point, count", [
+    ("replace:supernet.pt", 2),       # the last super-network checkpoint: its temp is written, not renamed
+    ("replace:search.pt", 1),         # mid search
+    ("metrics:retrain", 1),           # retraining epoch 1 logged, its checkpoint not yet written
+])
+def test_kill_then_resume_is_identical(ref, tmp_path, point, count):
+    d = tmp_path / "cut"
+    killed(point, count, TINY1 + ["--out", str(tmp_path), "--name", "cut"])
+    assert (d / "config.json").is_file() and not (d / "results.json").exists()
+    if point.startswith("replace:"):
+        assert temps(d), "the kill was meant to land inside the writer"
+    assert train.main(["--resume", str(d)]) == 0
+    assert_same_run(ref, d)
+    assert temps(tmp_path) == []
+    keys = metric_keys(d)
+    assert keys == metric_keys(ref) and len(keys) == len(set(keys))      # no duplicated row
+
+
+def test_kill_while_creating_the_folder_leaves_nothing(tmp_path, capsys):
+    argv = TINY1 + ["--stage", "supernet", "--supernet-epochs", "1", "--out", str(tmp_path), "--name", "x"]
+    killed("folder", 1, argv)
+    assert not (tmp_path / "x").exists()
+    assert train.main(argv) == 0                 # no dead end: the same command simply runs
+    assert (tmp_path / "x" / "supernet.pt").is_file() and temps(tmp_path) == []
+
+
+def test_resume_ignores_saved_gpu_rng_states(tmp_path, monkeypatch):
+    """Old checkpoints list one CUDA RNG state per GPU at save time; resume works with fewer (none)."""
+    real = train.Run.save
+
+    def once(self, obj, name):
+        real(self, obj, name)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.Run, "save", once)
+    assert cli(tmp_path, "x", "--stage", "supernet") == 130
+    monkeypatch.setattr(train.Run, "save", real)
+    path = tmp_path / "x" / "supernet.pt"
+    ck = torch.load(path, weights_only=True)
+    ck["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8
+    torch.save(ck, path)
+    assert train.main(["--resume", str(tmp_path / "x")]) == 0
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit code 2, no run folder
+# ---------------------------------------------------------------------------------------------
+
+def no_cuda_words():
+    return "not available" if not torch.cuda.is_available() else "CUDA device"
+
+
+BAD = [
+    (["--supernet-lr", "-0.001"], "--supernet-lr must be > 0"),
+    (["--supernet-lr", "nan"], "--supernet-lr must be a finite number"),
+    (["--supernet-lr", "0"], "--supernet-lr must be > 0"),
+    (["--retrain-lr", "inf"], "--retrain-lr must be a finite number"),
+    (["--tau0", "1.0"], "--tau0 must be > 1"),
+    (["--tau0", "inf"], "--tau0 must be a finite number"),
+    (["--v-th", "nan"], "--v-th must be a finite number"),
+    (["--v-th", "-1"], "--v-th must be > 0"),
+    (["--n-train", "1"], "leaves an empty D_train or D_val"),
+    (["--device", "mps"], "only cpu and cuda"),
+    (["--device", "gpu"], "unknown --device 'gpu'"),
+    (["--device", "cuda:7"], no_cuda_words()),
+    (["--spike-norm", "inf"], "--spike-norm must be a finite number"),
+    (["--spike-norm", "nan"], "--spike-norm must be a finite number"),
+    (["--spike-norm", "-3"], "--spike-norm must be >= 0"),
+    (["--lam", "nan"], "--lam must be a finite number"),
+    (["--model-width", "-4"], "--model-width must be an integer >= 0"),
+    (["--threads", "-1"], "--threads must be an integer >= 0"),
+    (["--log-every", "-1"], "--log-every must be an integer >= 0"),
+    (["--cutout", "1000"], "larger than the 32x32 images"),
+    (["--name", "../escaped"], "plain folder name"),
+    (["--dry-run", "--preset", "paper"], "give one of --dry-run and --preset"),
+    (["--neuron", "ann", "--T", "4"], "needs --T 1"),
+    (["--train-portion", "1.5"], "--train-portion must be in (0, 1)"),
+    (["--amp", "fp16"], "--amp must be fp32 or bf16"),
+    (["--out", "/proc"], "cannot create the run folder"),
+    (["--out", "/sys/kernel"], "cannot create the run folder"),
+    (["--out", "@FILE"], "is a file, not a folder"),
+    (["--download", "--data-root", "@FILE"], "is a file, not a folder"),
+    (["--stage", "search", "--supernet", "@CHILD"], "is a retrain checkpoint, not a supernet one"),
+    (["--stage", "retrain", "--arch", "AutoSNN", "--inherit", "--supernet", "@SUPER8"], "does not fit"),
+    (["--dataset", "synthetic-dvs", "--stage", "retrain", "--model", "resnet19-zheng"], "takes input"),
+]
+
+
+@pytest.mark.parametrize("extra, words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_no_folder(ref, tmp_path, capsys, extra, words):
+    (tmp_path / "a_file").write_text("x")
+    super8 = tmp_path / "super8.pt"
+    if "@SUPER8" in extra:            # a super-network checkpoint of another width, same data
+        ck = torch.load(ref / "supernet.pt", weights_only=True)
+        ck["model"] = autosnn.SpikingNetwork("AutoSNN_8", 10, T=2).state_dict()
+        torch.save(ck, super8)
+    subst = {"@FILE": str(tmp_path / "a_file"), "@CHILD": str(ref / "child.pt"), "@SUPER8": str(super8)}
+    extra = [subst.get(a, a) for a in extra]
+    out = tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = train.main(TINY1 + ["--name", "bad"] + (["--out", str(out)] if "--out" not in extra else []) + extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before            # no run folder, nothing else
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_out(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    assert cli(ro, "x") == 2
+    assert "not writable" in capsys.readouterr().err and list(ro.iterdir()) == []
+
+
+def test_resume_errors_name_the_file(ref, tmp_path, capsys):
+    d = tmp_path / "copy"
+    shutil.copytree(ref, d)
+    for text, words in (("[]", "is not a run configuration"), ("{", "is not valid JSON")):
+        (d / "config.json").write_text(text)
+        assert train.main(["--resume", str(d)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and str(d / "config.json") in err and len(err.splitlines()) == 1
+    shutil.copy(ref / "config.json", d / "config.json")
+    ck = torch.load(d / "supernet.pt", weights_only=True)         # a super-network of another width
+    ck["model"] = autosnn.SpikingNetwork("AutoSNN_8", 10, T=2).state_dict()
+    torch.save(ck, d / "supernet.pt")
+    before = (d / "supernet.pt").read_bytes()
+    assert train.main(["--resume", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "supernet.pt does not fit" in err and len(err.splitlines()) == 1
+    assert (d / "supernet.pt").read_bytes() == before
+
+
+def test_misspelled_option_one_line_with_hint(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--supernet-epoch", "3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean --supernet-epochs?" in err and "usage" not in err
+
+
+def test_ctrl_c_before_the_folder_says_nothing_saved(tmp_path, monkeypatch, capsys):
+    def interrupt(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "load_data", interrupt)
+    assert cli(tmp_path, "x") == 130
+    assert "nothing was saved" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Full disk, divergence
+# ---------------------------------------------------------------------------------------------
+
+def test_full_disk_one_line_previous_checkpoint_intact(tmp_path, monkeypatch, capsys):
+    real, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(train.torch, "save", save)
+    assert cli(tmp_path, "x", "--stage", "supernet") == 2
+    err = capsys.readouterr().err.strip()
+    assert "no space left on device while writing" in err and "supernet.pt" in err and len(err.splitlines()) == 1
+    assert torch.load(tmp_path / "x" / "supernet.pt", weights_only=True)["epoch"] == 1
+    assert temps(tmp_path) == []
+    monkeypatch.setattr(train.torch, "save", real)
+    assert train.main(["--resume", str(tmp_path / "x")]) == 0          # space freed: it continues
+
+
+def test_non_finite_weights_stop_training(tmp_path, monkeypatch, capsys):
+    """A diverged network can keep a finite loss (nothing spikes); its weights give it away."""
+    real, calls = train.train_epoch, {"n": 0}
+
+    def poisoned(net, *a, **k):
+        m = real(net, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                next(net.parameters()).fill_(float("nan"))
+        return m
+    monkeypatch.setattr(train, "train_epoch", poisoned)
+    assert cli(tmp_path, "x", "--stage", "retrain", "--arch", "AutoSNN") == 2
+    err = capsys.readouterr().err.strip()
+    assert "weights became non-finite in epoch 2" in err and "last good checkpoint" in err
+    ck = torch.load(tmp_path / "x" / "child.pt", weights_only=True)
+    assert ck["epoch"] == 1 and all(v.isfinite().all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a finished run holds
+# ---------------------------------------------------------------------------------------------
+
+def test_run_folder_contents(ref):
+    for name, kind in (("supernet.pt", "supernet"), ("search.pt", "search"), ("child.pt", "retrain")):
+        ck = torch.load(ref / name, weights_only=True)                 # no pickled numpy objects
+        assert ck["kind"] == kind and set(ck["rng"]) == {"random", "torch"}
+        if hasattr(autosnn.SpikingNetwork, "spec") and kind != "search":
+            assert ck["spec"]["kind"] == "autosnn"
+    if hasattr(autosnn, "save_model"):
+        for name, sup in (("model.pt", False), ("supernet_model.pt", True)):
+            assert torch.load(ref / name, weights_only=True)["format"] == "autosnn-model"
+            net = autosnn.SpikingNetwork.load(str(ref), supernet=sup)
+            assert (net.arch is None) == sup
+    cfg = json.loads((ref / "config.json").read_text())
+    assert cfg["environment"]["torch"] == torch.__version__ and cfg["environment"]["device"] == "cpu"
+    res = json.loads((ref / "results.json").read_text())
+    assert set(res["wall_s"]) == {"supernet", "search", "retrain"} and res["finished"] >= res["started"]
+    assert "fc_neuron" in res["silent_layers"] or res["per_layer_spikes"]["fc_neuron"] > 0
+    assert all("time" in json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines())
+    log = (ref / "log.txt").read_text()
+    assert "elapsed" in log and "ETA" in log and f"done: run folder {ref}" in log
+    warned = [ln.split(" emitted")[0] for ln in log.splitlines() if ln.startswith("warning: layer ")]
+    assert len(warned) == len(set(warned))                               # once per layer name
+    if res["per_layer_spikes"]["fc_neuron"] == 0:
+        assert "classifier (fc_neuron) emitted no spike" in log
+
+
+def count_syncs(monkeypatch, fn):
+    """Calls of host-syncing tensor methods while fn() runs."""
+    calls = {"n": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, **k):
+            calls["n"] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    fn()
+    monkeypatch.undo()
+    return calls["n"]
+
+
+def test_no_host_sync_per_batch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = autosnn.SpikingNetwork("AutoSNN_4", 10, AUTOSNN, T=2, v_th=0.5)
+    opt = torch.optim.SGD(net.parameters(), 1e-3)    # Adam reads its step counters, kept on the CPU, with .item()
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
+    run = train.Run(tmp_path)
+    counts = []
+    for n in (2, 6):
+        counts.append(count_syncs(monkeypatch, lambda: train.train_epoch(
+            net, opt, data[:n], n, lambda: None, run, 0, "t")))
+        counts.append(count_syncs(monkeypatch, lambda: evolve.evaluate_model(net, data[:n])))
+    assert counts[0] == counts[2] and counts[1] == counts[3], counts     # independent of the batch count
+
+
+@pytest.mark.skipif(not hasattr(autosnn, "compile_network"), reason="needs autosnn.py with autocast-safe neurons/BN")
+def test_bf16_autocast_runs(tmp_path):
+    assert cli(tmp_path, "bf", "--stage", "retrain", "--arch", "AutoSNN", "--retrain-epochs", "1", "--amp", "bf16") == 0
+    assert 0 <= json.loads((tmp_path / "bf" / "results.json").read_text())["test_acc"] <= 1
+
+
+def test_determinism_flag_and_compile_default():
+    try:
+        train.set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    finally:
+        train.set_determinism(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
+    cfg, _ = train.make_config({"device": "cpu"})
+    assert not train.Env(cfg, torch.device("cpu")).compile and train.Env(cfg, torch.device("cuda")).compile
+    cfg, _ = train.make_config({"compile": False})
+    assert not train.Env(cfg, torch.device("cuda")).compile
+
+
+def test_writer_and_sweeper(tmp_path):
+    target = tmp_path / "x.json"
+    files.atomic_write_text(target, "old")
+
+    def interrupted(f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(target, interrupted)
+    assert target.read_text() == "old" and temps(tmp_path) == []
+    live = tmp_path / f".a{files.TEMP_MARK}{os.getpid()}"          # a writer still running: kept
+    dead = tmp_path / f".b{files.TEMP_MARK}999999999"              # no such process: removed
+    live.write_text("")
+    dead.mkdir()
+    assert files.remove_stale_temps(tmp_path) == [dead.name] and live.exists()
+    files.create_folder(tmp_path / "new", {"config.json": "{}"})
+    assert (tmp_path / "new" / "config.json").read_text() == "{}"
+    with pytest.raises(files.AutoSNNError, match="already exists"):
+        files.create_folder(tmp_path / "new", {"config.json": "{}"})
+
+
+def test_ctrl_c_while_imports_load():
+    """Ctrl-C lands while train.py imports torch (simulated at that import): a line, no traceback."""
+    script = ("import builtins, runpy\n"
+              "real = builtins.__import__\n"
+              "def imp(name, *a, **k):\n"
+              "    if name == 'torch':\n"
+              "        raise KeyboardInterrupt\n"
+              "    return real(name, *a, **k)\n"
+              "builtins.__import__ = imp\n"
+              "runpy.run_path('train.py', run_name='__main__')\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 130 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "interrupted while loading; nothing was saved"
