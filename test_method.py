@@ -212,8 +212,9 @@ def forward_capturing(net, module, x):
         out, stats = net(x)
     finally:
         handle.remove()
-    assert len(seen) == 1, "the classifier neuron runs once per forward, over all T steps"
-    return out, stats, seen[0]
+    s = torch.cat(seen, 0)                      # (one call over all T steps, or one per step)
+    assert s.shape[0] == net.T
+    return out, stats, s
 
 
 def test_readout_is_group_mean_summed_over_T_when_classifier_fires():
@@ -243,20 +244,26 @@ def test_classifier_spikes_counted():
 # The SRB join
 # ---------------------------------------------------------------------------------------------
 
-def test_srb_shortcut_joins_current():
-    """1 channel, 1x1 kernels, identity shortcut, IF neurons with v_th = 1.2, BN as identity (eval,
-    mean 0, var 1, eps 0). Conv weights 0.7 then 0.4; input spikes x = [1, 0, 1, 1].
+@pytest.mark.parametrize("stride", [1, 2])
+def test_srb_shortcut_joins_current(stride):
+    """1 channel, 1x1 kernels, IF neurons with v_th = 1.2, BN as identity (eval, mean 0, var 1,
+    eps 0). Conv weights 0.7 then 0.4; the shortcut is the identity (stride 1) or a 1x1 conv of
+    weight 1 + BN (stride 2, on a 1x1 image). Input spikes x = [1, 0, 1, 1]:
       first neuron:  v = 0.7, 0.7, 1.4 (fire, reset), 0.7      -> s1 = [0, 0, 1, 0]
       second conv:   0.4 * s1 = [0, 0, 0.4, 0]
       joined current before the second neuron: + x = [1, 0, 1.4, 1]
       second neuron: v = 1, 1, 2.4 (fire, reset), 1             -> out = [0, 0, 1, 0]
     Adding the shortcut after the neuron would give IF([0, 0, 0.4, 0]) + x = [1, 0, 1, 1]."""
-    block = SRB(1, 1, 1, 1, lambda: Neuron("if", v_th=1.2))
-    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) == 2                              # identity shortcut: no third conv
+    block = SRB(1, 1, 1, stride, lambda: Neuron("if", v_th=1.2))
+    convs = [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Conv2d)]
+    main = [m for n, m in convs if "short" not in n]
+    shortcut = [m for n, m in convs if "short" in n]
+    assert len(main) == 2 and len(shortcut) == (stride != 1)
     with torch.no_grad():
-        convs[0].weight.fill_(0.7)
-        convs[1].weight.fill_(0.4)
+        main[0].weight.fill_(0.7)
+        main[1].weight.fill_(0.4)
+        for m in shortcut:
+            m.weight.fill_(1.0)
     for m in block.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eps = 0.0
@@ -345,7 +352,7 @@ def test_mutation_children_within_mutation_distance():
 def test_retrain_reports_last_epoch(tmp_path, monkeypatch):
     """The test accuracy of epoch 1 is forced to 0.9 and of every later evaluation to 0.2:
     results.json's test_acc is the last one, the best only in best_test_acc_over_epochs."""
-    real = train.evaluate_model
+    real = evolve.evaluate_model
     accs = iter([0.9])
 
     def scripted(*args, **kwargs):
@@ -353,7 +360,9 @@ def test_retrain_reports_last_epoch(tmp_path, monkeypatch):
         result["acc"] = next(accs, 0.2)
         return result
 
-    monkeypatch.setattr(train, "evaluate_model", scripted)
+    monkeypatch.setattr(evolve, "evaluate_model", scripted)
+    if hasattr(train, "evaluate_model"):          # imported by name into train.py
+        monkeypatch.setattr(train, "evaluate_model", scripted)
     argv = ["--stage", "retrain", "--arch", str(AUTOSNN), "--dataset", "synthetic", "--n-train", "16",
             "--n-test", "16", "--backbone", "AutoSNN_4", "--T", "2", "--batch-size", "16",
             "--eval-batch-size", "16", "--retrain-epochs", "2", "--eval-every", "1", "--log-every", "0",
