@@ -241,7 +241,7 @@ def test_export_prints_arch_and_a_retrain_command_train_accepts(tmp_path, capsys
     assert f"generation {best['generation']}," in out and f"val acc {best['acc']:.4f}" in out
     cmd = shlex.split(out.splitlines()[-1])
     assert cmd[:2] == ["python", "train.py"]
-    cfg = train.make_config(vars(train.build_parser().parse_args(cmd[2:])))
+    cfg, _ = train.make_config(vars(train.build_parser().parse_args(cmd[2:])))
     assert cfg.run.stage == "retrain" and cfg.retrain.arch == best["arch"]
     assert (cfg.run.dataset, cfg.run.backbone, cfg.run.T, cfg.run.n_train) == ("synthetic", "AutoSNN_16", 2, 64)
     assert cfg.run.data_root == "my data" and "--n-test" not in cmd    # 0 (unset) is left out
