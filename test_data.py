@@ -609,3 +609,26 @@ def test_cifar10dvs_empty_recording(tmp_path):
     (base / "dog" / "cifar10_dog_0.aedat").write_bytes(aedat20([]))
     with pytest.raises(ValueError, match="holds no events"):
         load_dataset("cifar10dvs", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- pinned batches
+
+def test_first_seeded_batches_are_pinned():
+    """Values of the first shuffled, augmented, cut-out batch for a fixed seed, recorded from the code before
+    the input pipeline moved data to the device (commit 4b1ab5b). A change to the order of random draws,
+    the crop/flip/cutout arithmetic or the normalisation changes them."""
+    ds = load_dataset("synthetic", n_train=40, n_test=10, seed=3, cutout=8)
+    x, y = next(ds.split("train").batches(8, shuffle=True, generator=torch.Generator().manual_seed(11)))
+    assert y.tolist() == [1, 3, 6, 5, 9, 2, 1, 6]
+    assert x.double().sum().item() == -8524.348460516892 and int((x == 0).sum()) == 1320
+    for idx, v in [((0, 0, 0, 0), 1.3279857635498047), ((1, 2, 5, 7), 0.6862745881080627),
+                   ((3, 1, 31, 0), -2.2727272510528564), ((5, 0, 16, 16), -0.32976824045181274),
+                   ((7, 2, 10, 30), -1.1319072246551514)]:
+        assert x[idx].item() == v
+    ev = load_dataset("synthetic-dvs", T=3, n_train=40, n_test=10, seed=2, cutout=6)
+    x, y = next(ev.split("train").batches(8, shuffle=True, generator=torch.Generator().manual_seed(5)))
+    assert y.tolist() == [1, 6, 7, 5, 0, 0, 6, 3] and x.shape == (8, 3, 2, 32, 32)
+    assert x.sum((1, 2, 3, 4)).tolist() == [657.0, 748.0, 967.0, 892.0, 773.0, 668.0, 857.0, 631.0]
+    assert x[4, 0, 1, 16, 16] == 2.0
+    column_weighted = (x * torch.arange(32.0)).sum((1, 2, 3, 4))         # sees the flips
+    assert column_weighted.tolist() == [10197.0, 12639.0, 13941.0, 16149.0, 13158.0, 9960.0, 12227.0, 9108.0]
