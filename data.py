@@ -430,7 +430,10 @@ def _download(url: str, path: Path, md5: str) -> None:
             os.fsync(out.fileno())
         print(file=sys.stderr)
     except BaseException as e:
-        part.unlink(missing_ok=True)
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:                                # not a file: nothing of ours to remove
+            pass
         if isinstance(e, OSError):                     # the local side: full disk, no permission, a file in the way
             raise AutoSNNError(f"cannot write {part} ({e.strerror or e}); free space or choose another data "
                                f"folder") from None
@@ -601,8 +604,8 @@ def _load_tinyimagenet(root: Path, *_):
     (xtr, ytr), (xte, yte) = decode(train), decode(test)
     try:
         atomic_write(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
-    except PermissionError as e:
-        raise AutoSNNError(f"cannot write {cache} ({e.strerror}); make {base} writable") from None
+    except OSError as e:
+        raise AutoSNNError(f"cannot write {cache} ({e.strerror or e}); make {base} writable") from None
     return (xtr, ytr), (xte, yte)
 
 

@@ -27,8 +27,9 @@ Events -> frames (split_by; t_min, t_max = smallest and largest timestamp of the
     "time":   dt = (t_max - t_min) // T (integer division); slice k holds t in [t_min + k*dt,
         t_min + (k+1)*dt) and the last slice everything from t_min + (T-1)*dt to t_max inclusive, so
         the remainder of the span goes to the last slice (spikingjelly's and the original's boundaries).
-        When dt == 0 (span < T, e.g. one event) slices 0..T-2 are empty intervals and every event
-        lands in the last slice; spikingjelly fails on that case.
+        When dt == 0 (span < T, e.g. one event) slices 0..T-2 are the empty intervals [t_min, t_min)
+        and every event lands in the last slice, as the formula says (and as the number split does
+        when N < T).
     frames[k, p, y, x] counts the events of polarity p at (x, y) in slice k; nothing is clipped.
 
 Frame cache: `<root>/<dataset>/frames_v{CACHE_VERSION}_T{T}_{split_by}/{train,test}/<i>.npz`, one
@@ -235,9 +236,9 @@ def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: d
 
 def _write(path: Path, write) -> None:
     try:
-        atomic_write(path, write)
-    except PermissionError as e:
-        raise AutoSNNError(f"cannot write the frame cache file {path} ({e.strerror})") from None
+        atomic_write(path, write)                      # a full disk is already one error line there
+    except OSError as e:                               # read-only or foreign folder
+        raise AutoSNNError(f"cannot write the frame cache file {path} ({e.strerror or e})") from None
 
 
 def read_frames(path) -> np.ndarray:

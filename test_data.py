@@ -254,6 +254,25 @@ def test_missing_dataset_one_clear_error_and_part_unused(tmp_path):
                      sources={"cifar-10-python.tar.gz": ((tmp_path / "nowhere.tar.gz").as_uri(), "0" * 32)})
 
 
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "cifar10dvs"])
+def test_data_root_that_is_a_file(tmp_path, name):
+    root = tmp_path / "data"
+    root.write_text("not a folder")
+    with pytest.raises(AutoSNNError, match=f"data root {root} is a file"):
+        load_dataset(name, root=root, download=True)
+
+
+def test_download_that_cannot_be_written_names_the_file(tmp_path):
+    sources, _ = make_archive(tmp_path)
+    root = tmp_path / "root"
+    (root / "cifar-10-python.tar.gz.part").mkdir(parents=True)            # a folder where the download goes
+    with pytest.raises(AutoSNNError, match=r"cannot write .*cifar-10-python.tar.gz.part"):
+        load_dataset("cifar10", root=root, download=True, sources=sources)
+    (root / "cifar-10-python.tar.gz").mkdir()                              # a folder where the archive goes
+    with pytest.raises(AutoSNNError, match=r"cannot read .*cifar-10-python.tar.gz"):
+        load_dataset("cifar10", root=root, download=True, sources=sources)
+
+
 def test_archive_with_unsafe_member_is_refused(tmp_path):
     evil = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(evil, "w:gz") as tar:
@@ -483,6 +502,26 @@ def test_no_host_sync_per_batch_on_cuda(name):
     cpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
     for (xc, yc), (xg, yg) in zip(cpu, [first] + rest):
         assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_samples_that_do_not_fit_come_from_pinned_memory(monkeypatch):
+    ds = load_dataset("synthetic", n_train=40, n_test=4, cutout=8)
+    split = ds.split("train")
+    upload = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if self is split.images:
+            raise torch.cuda.OutOfMemoryError("pretend the card is full")
+        return upload(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    gpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(2), device="cuda"))
+    monkeypatch.undo()
+    on = split._copies[str(gpu[0][0].device)]
+    assert on.images is None and on.host.is_pinned() and gpu[0][0].is_cuda
+    cpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(2)))
+    assert all(torch.allclose(a, b.cpu(), atol=1e-6) and torch.equal(ya, yb.cpu())
+               for (a, ya), (b, yb) in zip(cpu, gpu))
 
 
 # ---------------------------------------------------------------------------------------------- pinned batches

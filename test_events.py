@@ -78,8 +78,8 @@ def test_time_split_hand_computed_slices():
 
 
 def test_time_split_when_dt_is_zero():
-    """span < T gives dt = 0: slices 0..T-2 are empty intervals and every event lands in the last slice
-    (spikingjelly raises on this case); no events gives empty frames."""
+    """span < T gives dt = 0: slices 0..T-2 are empty intervals and every event lands in the last slice;
+    no events gives empty frames."""
     assert events.slice_index(np.array([7, 7, 8]), 3, "time").tolist() == [2, 2, 2]
     assert events.slice_index(np.array([5]), 4, "time").tolist() == [3]
     assert events.slice_index(np.array([0, 4]), 4, "time").tolist() == [0, 3]   # span 4 = T: dt = 1
