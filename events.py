@@ -18,7 +18,8 @@ Bit layouts
 Orientation (frames are [T, 2, H, W] with H = y growing downwards, W = x growing to the right)
     CIFAR10-DVS: x = 127 - raw y, y = 127 - raw x, the upright image as in spikingjelly 2.0.0, so
         flipping the last (W) axis mirrors the object left-right. (The original code's reader gave
-        x = 127 - raw x, y = raw y: the image transposed, on which a W flip is an up-down flip.)
+        x = 127 - raw x, y = raw y: the upright image turned by 90 degrees, on which a W flip is an
+        up-down flip of the object.)
     DVS128-Gesture: x, y as recorded; that is already upright.
 
 Events -> frames (split_by; t_min, t_max = smallest and largest timestamp of the sample, N events)
