@@ -1,9 +1,10 @@
 """Datasets for AutoSNN: static images, neuromorphic recordings and synthetic data, as device batches.
 
-Owns (paper sections 5 and 7): reading CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
-DVS128-Gesture from their original files, download with md5 checks, events -> frames, the search split
-(first 80% of the training set by index = D_train, last 20% = D_val), batch-wise augmentation on the
-device, and two synthetic datasets that need no files. No model code.
+Owns (paper sections 5 and 7): loading CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
+DVS128-Gesture from their original files, download with md5 checks, the search split (first 80% of the
+training set by index = D_train, last 20% = D_val), batch-wise augmentation on the device, and two
+synthetic datasets that need no files. Event-camera files, events -> frames and the frame cache are
+events.py's. No model code.
 
     from data import load_dataset
     ds = load_dataset("cifar10", root="./data", download=True)
@@ -28,10 +29,10 @@ Expected layout under `root` (download=True fetches the first three; place the o
         download DvsGesture.tar.gz from http://research.ibm.com/dvsgesture/ and run:
         mkdir -p ./data/dvs128gesture && tar -xzf DvsGesture.tar.gz -C ./data/dvs128gesture
 
-Event data becomes T frames [T, 2, H=y, W=x] of per-pixel event counts (channel 1 = ON), cached once,
-one compressed .npz per sample, in `<root>/<cifar10dvs|dvs128gesture>/frames_T{T}_{split_by}/` (delete
-the folder to rebuild). Splits: CIFAR10-DVS per class by file index, first 90% train (900 / 100);
-DVS128-Gesture the official trials lists, one sample per labelled segment, label = class - 1.
+Event data becomes T frames [T, 2, H=y, W=x] of per-pixel event counts (channel 1 = ON), upright, cached
+once per sample under `<root>/<cifar10dvs|dvs128gesture>/` (events.py: the orientation, the split rules,
+the cache key). Splits: CIFAR10-DVS per class by file index, first 90% train (900 / 100); DVS128-Gesture
+the official trials lists, one sample per labelled segment, label = class - 1.
 
 Transforms. Static: x/255, train-time random crop with 4-pixel zero padding *in raw pixel space* (the
 padded pixels are black and then normalised to -mean/std, as in the original pad -> ToTensor -> Normalize),
@@ -39,26 +40,37 @@ horizontal flip p=0.5, normalise with the dataset mean/std, then optional cutout
 zeroed after normalisation). Event data: raw counts, train-time horizontal flip only (the original applied
 no DVS augmentation), optional cutout on all frames. Test splits and D_val: none.
 Cutout (default off) is set per dataset, load_dataset(..., cutout=16), or per split, ds.split("train", cutout=16).
+
+Input pipeline. In-memory samples (static images, synthetic events) are copied to the device once, as
+uint8, on a split's first batches(device=...) call, and indexed there; when the device is out of memory
+they stay in pinned host memory and each batch is copied without blocking. Event frames on disk are
+read and pinned by a background thread, PREFETCH batches ahead. All random numbers are drawn on the
+CPU from the caller's generator in a fixed order (permutation; per batch: crop, flip, cutout) and reach
+the device in one non-blocking copy per batch, so a seed gives the same batches on any device and the
+loop never waits for the device (no .item(), .cpu() or blocking copy per batch).
 """
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import os
 import pickle
+import queue
 import re
-import struct
 import sys
 import tarfile
+import zlib
+import threading
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
 import torch
 
-from files import atomic_write
+import events
+from files import AutoSNNError, atomic_write
 
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "cifar10dvs", "dvs128gesture", "synthetic",
             "synthetic-dvs")
@@ -84,7 +96,8 @@ NORMALISATION = MappingProxyType({
     "synthetic": ((0.5, 0.5, 0.5), (0.22, 0.22, 0.22)),
 })
 CIFAR10DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-SENSOR = (128, 128)   # DVS128: H (y), W (x)
+CROP_PAD = 4       # zero padding of the random crop (the paper's and the original's 4 pixels)
+PREFETCH = 2       # event batches the reading thread keeps ready
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,14 +133,82 @@ def cutout(x: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
     return x.masked_fill(mask, 0.0)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Getting samples onto the device without waiting for it
+
+def _device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:      # one cache entry per card, however it was named
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _to(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A host tensor on `dev`. To CUDA it goes through pinned memory without blocking the host (the
+    copy is ordered on the current stream before the kernels that read it)."""
+    if dev.type == "cpu":
+        return x
+    if dev.type == "cuda":
+        return (x if x.is_pinned() else x.pin_memory()).to(dev, non_blocking=True)
+    return x.to(dev)
+
+
+def _prefetched(load, chunks, pin_on: torch.device | None, depth: int = PREFETCH):
+    """Yield load(c) (a CPU tensor, pinned when pin_on is a CUDA device) for each c in `chunks`, computed
+    by a background thread at most `depth` items ahead. An exception in the thread is raised here;
+    closing this generator (the consumer stopped early or failed) stops the thread and waits for it."""
+    q = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            if pin_on is not None:
+                torch.cuda.set_device(pin_on)         # pinned blocks belong to the consumer's card
+            for c in chunks:
+                x = load(c)
+                if not put((x.pin_memory() if pin_on is not None else x, None)):
+                    return
+            put((None, None))
+        except BaseException as e:                    # handed to the consumer, raised there
+            put((None, e))
+
+    thread = threading.Thread(target=work, name="autosnn-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, error = q.get()
+            if error is not None:
+                raise error
+            if x is None:
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Splits and batches
+
 @dataclass(frozen=True, eq=False)   # holds tensors: compare fields explicitly
 class Split:
     """A labelled set of samples and the transforms its batches get.
 
     labels: int64 [N]. Samples come from `images` (in memory; static uint8 [N, C, H, W], event counts
-    [N, T, 2, H, W]) or `files` (one .npz per event sample, read per batch so memory stays bounded).
+    [N, T, 2, H, W]) or `files` (one cached .npz per event sample, read per batch so memory stays bounded).
     augment: random crop (static only) + horizontal flip. cutout: square side, 0 = off.
     mean/std: per-channel normalisation of static data (None for event data).
+    _copies: per-device copies of the samples, labels and normalisation constants, made on first use;
+    shared with the splits dataclasses.replace makes from this one (same samples), fresh for a subset.
     """
     labels: torch.Tensor
     images: torch.Tensor | None = None
@@ -137,7 +218,7 @@ class Split:
     std: tuple[float, ...] | None = None
     augment: bool = False
     cutout: int = 0
-    pad: int = 4
+    _copies: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -145,51 +226,101 @@ class Split:
     def subset(self, indices) -> Split:
         """The samples at `indices` (a range or int list), same transforms."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return replace(self, labels=self.labels[idx],
+        return replace(self, labels=self.labels[idx], _copies={},
                        images=None if self.images is None else self.images[idx],
                        files=None if self.files is None else tuple(self.files[i] for i in idx.tolist()))
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                device="cpu", drop_last: bool = False):
+                device="cpu"):
         """Yield (x, y) on `device`: x float32 [B, C, H, W] normalised (static) or [B, T, 2, H, W] raw
-        counts (event); y int64 [B]. `generator` (a CPU torch.Generator) drives the order and every
-        augmentation draw, so a seed gives the same batches on any device; it may be None only when
-        nothing is random (shuffle=False, no augmentation, no cutout)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        counts (event); y int64 [B]; the last batch may be smaller. `generator` (a CPU torch.Generator)
+        drives the order and every augmentation draw, so a seed gives the same batches on any device;
+        it may be None only when nothing is random (shuffle=False, no augmentation, no cutout)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise AutoSNNError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if generator is None and (shuffle or self.augment or self.cutout):
-            raise ValueError("shuffling and augmentation need a torch.Generator: pass generator=torch.Generator()"
-                             ".manual_seed(seed)")
+            raise AutoSNNError("shuffling and augmentation need a torch.Generator: pass "
+                               "generator=torch.Generator().manual_seed(seed)")
         if generator is not None and generator.device.type != "cpu":
-            raise ValueError("pass a CPU torch.Generator; random numbers are drawn on the CPU and then moved")
+            raise AutoSNNError("pass a CPU torch.Generator; random numbers are drawn on the CPU and then moved")
+        return self._batches(batch_size, shuffle, generator, _device(device))
+
+    def _batches(self, batch_size: int, shuffle: bool, g: torch.Generator | None, dev: torch.device):
         n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            x = self._fetch(idx).to(device)     # uint8 (static) or float32 counts, converted on the device
-            yield self._transform(x, generator), self.labels[idx].to(device)
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)   # first draw, at the first batch
+        on = self._on(dev)
+        order_on = _to(order, dev)
+        starts = range(0, n, batch_size)
+        host = None
+        if self.files is not None:
+            rows = order.numpy()
+            host = _prefetched(self._read_files, (rows[s:s + batch_size] for s in starts),
+                               dev if dev.type == "cuda" else None)
+        elif on.images is None:                       # device out of memory: gather into pinned buffers
+            host = (self._gather_pinned(on.host, order[s:s + batch_size]) for s in starts)
+        try:
+            for s in starts:
+                idx = order_on[s:s + batch_size]
+                x = on.images.index_select(0, idx) if host is None else _to(next(host), dev)
+                draws = self._draws(len(idx), x.shape[-2:], g)
+                yield self._transform(x, draws, on, dev), on.labels.index_select(0, idx)
+        finally:
+            if host is not None:
+                host.close()
 
-    def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[idx]
-        return torch.from_numpy(np.stack([_read_frames(self.files[i]) for i in idx.tolist()]))
+    def _on(self, dev: torch.device) -> SimpleNamespace:
+        """This split's samples (None if read from files or kept on the host), labels and normalisation
+        constants on `dev`, copied there once."""
+        key = str(dev)
+        if key not in self._copies:
+            images, host = self.images, None
+            if images is not None and dev.type != "cpu":
+                try:
+                    images = images.to(dev)           # once, as uint8 (CIFAR's training set: 150 MB)
+                except torch.cuda.OutOfMemoryError:
+                    images, host = None, (images.pin_memory() if dev.type == "cuda" else images)
+                    print(f"{len(self)} samples do not fit on {dev}; they stay in host memory", file=sys.stderr)
+            mean, std = ((None, None) if self.mean is None else
+                         (torch.tensor(v, device=dev).view(1, -1, 1, 1) for v in (self.mean, self.std)))
+            self._copies[key] = SimpleNamespace(images=images, host=host, labels=self.labels.to(dev),
+                                                mean=mean, std=std)
+        return self._copies[key]
 
-    def _transform(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        B, dev = x.shape[0], x.device
-        x = x.float() if self.is_event else x.float().div_(255.0)
-        if self.augment:                      # draw order (crop, flip, cutout) is part of reproducibility
+    def _read_files(self, rows: np.ndarray) -> torch.Tensor:
+        """Cached frames of the samples at `rows` -> uint8 (int32 where a count exceeds 255) [B, T, 2, H, W]."""
+        return torch.from_numpy(np.stack([events.read_frames(self.files[i]) for i in rows]))
+
+    @staticmethod
+    def _gather_pinned(host: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((len(idx), *host.shape[1:]), dtype=host.dtype, pin_memory=True)
+        return torch.index_select(host, 0, idx, out=out)
+
+    def _draws(self, B: int, hw, g: torch.Generator | None) -> torch.Tensor | None:
+        """This batch's random numbers -> int64 [B, 5] = (crop dy, crop dx, flip, cutout cy, cutout cx), or
+        None. Drawn in this order (crop, flip, cutout; each only when used): part of reproducibility."""
+        if not (self.augment or self.cutout):
+            return None
+        d = torch.zeros(B, 5, dtype=torch.long)
+        if self.augment:
             if not self.is_event:
-                x = crop_padded(x, torch.randint(0, 2 * self.pad + 1, (B, 2), generator=g).to(dev), self.pad)
-            x = flip_where(x, (torch.rand(B, generator=g) < 0.5).to(dev))
-        if not self.is_event:
-            C = x.shape[1]
-            mean, std = (torch.tensor(v, device=dev).view(1, C, 1, 1) for v in (self.mean, self.std))
-            x = (x - mean) / std
+                d[:, 0:2] = torch.randint(0, 2 * CROP_PAD + 1, (B, 2), generator=g)
+            d[:, 2] = torch.rand(B, generator=g) < 0.5
         if self.cutout:
-            H, W = x.shape[-2:]
-            centres = torch.stack([torch.randint(0, n, (B,), generator=g) for n in (H, W)], 1)
-            x = cutout(x, centres.to(dev), self.cutout)
+            for col, size in zip((3, 4), hw):
+                d[:, col] = torch.randint(0, size, (B,), generator=g)
+        return d
+
+    def _transform(self, x: torch.Tensor, draws, on: SimpleNamespace, dev: torch.device) -> torch.Tensor:
+        x = x.float() if self.is_event else x.float().div_(255.0)
+        d = None if draws is None else _to(draws, dev)
+        if self.augment:
+            if not self.is_event:
+                x = crop_padded(x, d[:, 0:2], CROP_PAD)
+            x = flip_where(x, d[:, 2].bool())
+        if not self.is_event:
+            x = (x - on.mean) / on.std
+        if self.cutout:
+            x = cutout(x, d[:, 3:5], self.cutout)
         return x
 
 
@@ -211,22 +342,18 @@ class Dataset:
             return replace(self.train_data, augment=True, cutout=self.cutout if cutout is None else int(cutout))
         if which == "test":
             return self.test_data
-        raise ValueError(f"unknown split {which!r}; use 'train' or 'test'")
+        raise AutoSNNError(f"unknown split {which!r}; use 'train' or 'test'")
 
     def search_split(self, fraction: float = 0.8, cutout: int | None = None) -> tuple[Split, Split]:
         """(D_train, D_val): the first floor(fraction * N) training samples by index, with training
         augmentation, and the rest with test-time transforms (the original augmented D_val)."""
         if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+            raise AutoSNNError(f"fraction must be in (0, 1), got {fraction}")
         n = len(self.train_data)
         k = int(n * fraction + 1e-9)
         if k == 0 or k == n:
-            raise ValueError(f"fraction {fraction} of {n} training samples leaves an empty part")
+            raise AutoSNNError(f"fraction {fraction} of {n} training samples leaves an empty part")
         return self.split("train", cutout).subset(range(k)), self.train_data.subset(range(k, n))
-
-    def batches(self, which: str, batch_size: int, **kwargs):
-        """Shorthand for self.split(which).batches(batch_size, **kwargs)."""
-        return self.split(which).batches(batch_size, **kwargs)
 
 
 def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, split_by: str = "number",
@@ -236,22 +363,24 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
     synthetic sets (default 2000/500); cutout is the default for split("train"); sources overrides
     SOURCES entries ({file name: (url, md5)}) for download and checksum checks."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise AutoSNNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T!r}")
+        raise AutoSNNError(f"T must be a positive integer, got {T!r}")
     if split_by not in ("number", "time"):
-        raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+        raise AutoSNNError(f"split_by must be 'number' or 'time', got {split_by!r}")
     if cutout < 0:
-        raise ValueError(f"cutout must be >= 0 (0 = off), got {cutout}")
-    root = Path(root)
+        raise AutoSNNError(f"cutout must be >= 0 (0 = off), got {cutout}")
     srcs = {**SOURCES, **(sources or {})}
     if name in ("synthetic", "synthetic-dvs"):
         n_train, n_test = (2000 if n_train is None else n_train), (500 if n_test is None else n_test)
         if n_train < 1 or n_test < 1:
-            raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
+            raise AutoSNNError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
         make = synthetic_images if name == "synthetic" else (lambda n, s: synthetic_events(n, s, T))
         (xtr, ytr), (xte, yte) = make(n_train, [seed, 0]), make(n_test, [seed, 1])
         return _in_memory(name, 10, xtr, ytr, xte, yte, cutout, is_event=name == "synthetic-dvs")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise AutoSNNError(f"the data root {root} is a file, not a folder; pass a folder (train.py: --data-root)")
     if name in ("cifar10dvs", "dvs128gesture"):
         return _event_dataset(name, root, T, split_by, cutout)
     loader = _load_svhn if name == "svhn" else _load_tinyimagenet if name == "tinyimagenet" else _load_cifar
@@ -262,7 +391,7 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
 def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, is_event=False) -> Dataset:
     for labels, what in ((ytr, "training"), (yte, "test")):
         if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{name}: {what} labels must be non-empty and in [0, {num_classes})")
+            raise AutoSNNError(f"{name}: {what} labels must be non-empty and in [0, {num_classes})")
     mean, std = (None, None) if is_event else NORMALISATION[name]
     make = lambda x, y: Split(torch.from_numpy(np.asarray(y, np.int64)), images=torch.from_numpy(x),
                               is_event=is_event, mean=mean, std=std)
@@ -273,26 +402,46 @@ def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, is_event=False) ->
 # Download and files
 
 def _download(url: str, path: Path, md5: str) -> None:
-    """Fetch url into path + '.part' (truncating any stale one), verify md5, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Fetch url into path + '.part' (truncating any stale one), fsync it, verify md5, then rename into place."""
     part = path.with_name(path.name + ".part")
     digest, done = hashlib.md5(), 0
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                print(f"\r{path.name}: {done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=60)
+            except (OSError, ValueError) as e:
+                raise AutoSNNError(f"could not download {url} ({e}); fetch it by hand and place it at {path}") from None
+            with response:
+                total = int(response.headers.get("Content-Length") or 0)
+                while True:
+                    try:
+                        chunk = response.read(1 << 20)
+                    except OSError as e:
+                        raise AutoSNNError(f"the download of {url} broke off ({e}); try again, or fetch it by hand "
+                                           f"and place it at {path}") from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    print(f"\r{path.name}: {done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr)
+            out.flush()
+            os.fsync(out.fileno())
         print(file=sys.stderr)
-    except OSError as e:
-        part.unlink(missing_ok=True)
-        raise FileNotFoundError(f"could not download {url} ({e}); fetch it by hand and place it at {path}") from None
+    except BaseException as e:
+        try:
+            part.unlink(missing_ok=True)
+        except OSError:                                # not a file: nothing of ours to remove
+            pass
+        if isinstance(e, OSError):                     # the local side: full disk, no permission, a file in the way
+            raise AutoSNNError(f"cannot write {part} ({e.strerror or e}); free space or choose another data "
+                               f"folder") from None
+        raise
     if digest.hexdigest() != md5:
         part.unlink()
-        raise ValueError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
-                         f"the download is corrupt or the source changed, try again")
+        raise AutoSNNError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
+                           f"the download is corrupt or the source changed, try again")
     os.replace(part, path)
 
 
@@ -301,15 +450,18 @@ def _ensure(path: Path, download: bool, srcs: dict, missing_msg: str) -> Path:
     checksum (interrupted, corrupt) is never used: it is fetched again or reported."""
     url, md5 = srcs[path.name]
     if path.exists():
-        with open(path, "rb") as f:
-            if hashlib.file_digest(f, "md5").hexdigest() == md5:
-                return path
+        try:
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "md5").hexdigest() == md5:
+                    return path
+        except OSError as e:
+            raise AutoSNNError(f"cannot read {path} ({e.strerror or e})") from None
         if not download:
-            raise ValueError(f"{path} has the wrong md5 (corrupt or incomplete); delete it or pass download=True "
+            raise AutoSNNError(f"{path} has the wrong md5 (corrupt or incomplete); delete it or pass download=True "
                              f"(train.py: --download)")
         print(f"{path} has the wrong md5; downloading it again", file=sys.stderr)
     elif not download:
-        raise FileNotFoundError(f"{missing_msg}; pass download=True (train.py: --download) to fetch {url}")
+        raise AutoSNNError(f"{missing_msg}; pass download=True (train.py: --download) to fetch {url}")
     _download(url, path, md5)
     return path
 
@@ -319,10 +471,14 @@ def _extract_tar(archive: Path, dest: Path) -> None:
         with tarfile.open(archive) as tar:
             for m in tar.getmembers():
                 if m.issym() or m.islnk() or not (dest / m.name).resolve().is_relative_to(dest.resolve()):
-                    raise ValueError(f"{archive} holds an unsafe member {m.name!r}; refusing to extract it")
+                    raise AutoSNNError(f"{archive} holds an unsafe member {m.name!r}; refusing to extract it")
             tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{archive} is not a readable tar archive ({e}); delete it and download it again") from None
+    except OSError as e:
+        if e.errno is not None:                        # writing: full disk, no permission
+            raise AutoSNNError(f"cannot extract {archive} into {dest} ({e.strerror or e})") from None
+        raise AutoSNNError(f"{archive} is not a readable tar archive ({e}); delete it and download it again") from None
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise AutoSNNError(f"{archive} is not a readable tar archive ({e}); delete it and download it again") from None
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -344,13 +500,13 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
         with open(path, "rb") as f:
             d = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as e:   # a truncated or foreign pickle raises many different types
-        raise ValueError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e}); delete it and extract "
+        raise AutoSNNError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e}); delete it and extract "
                          f"the archive again") from None
     if not isinstance(d, dict) or b"data" not in d or label_key not in d:
-        raise ValueError(f"{path} lacks the keys b'data' and {label_key!r}; is it the right CIFAR archive?")
+        raise AutoSNNError(f"{path} lacks the keys b'data' and {label_key!r}; is it the right CIFAR archive?")
     data, labels = np.asarray(d[b"data"]), np.asarray(d[label_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
-        raise ValueError(f"{path}: expected uint8 data [N, 3072] and N labels, got {data.dtype} {data.shape} and "
+        raise AutoSNNError(f"{path}: expected uint8 data [N, 3072] and N labels, got {data.dtype} {data.shape} and "
                          f"{labels.shape} labels; the file is damaged, extract the archive again")
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -368,7 +524,7 @@ def _load_cifar(root: Path, name: str, download: bool, srcs: dict):
                                                f"or the archive {root / archive}")
         _extract_tar(root / archive, root)
         if missing := [f for f in train + test if not (base / f).exists()]:
-            raise ValueError(f"{root / archive} did not contain {folder}/{missing}; is it the right archive?")
+            raise AutoSNNError(f"{root / archive} did not contain {folder}/{missing}; is it the right archive?")
     parts = [[_read_cifar_batch(base / f, key) for f in files] for files in (train, test)]
     return [(np.concatenate([x for x, _ in p]), np.concatenate([y for _, y in p])) for p in parts]
 
@@ -382,15 +538,15 @@ def _load_svhn(root: Path, name: str, download: bool, srcs: dict):
         try:
             import scipy.io
         except ImportError:
-            raise ModuleNotFoundError("reading SVHN's .mat files needs scipy: pip install scipy") from None
+            raise AutoSNNError("reading SVHN's .mat files needs scipy: pip install scipy") from None
         try:
             mat = scipy.io.loadmat(path)
             x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
         except Exception as e:
-            raise ValueError(f"{path} is not a readable SVHN .mat file ({type(e).__name__}: {e})") from None
+            raise AutoSNNError(f"{path} is not a readable SVHN .mat file ({type(e).__name__}: {e})") from None
         if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or len(y) != x.shape[3]
                 or not np.isin(y, np.arange(1, 11)).all()):
-            raise ValueError(f"{path}: expected uint8 X [32, 32, 3, N] and N labels in 1..10, got {x.dtype} {x.shape}")
+            raise AutoSNNError(f"{path}: expected uint8 X [32, 32, 3, N] and N labels in 1..10, got {x.dtype} {x.shape}")
         out.append((np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10))
     return out
 
@@ -405,160 +561,76 @@ def _load_tinyimagenet(root: Path, *_):
             with np.load(cache) as z:
                 return (z["train_x"], z["train_y"]), (z["test_x"], z["test_y"])
         except Exception as e:
-            raise ValueError(f"{cache} is damaged ({e}); delete it to decode the images again") from None
+            raise AutoSNNError(f"{cache} is damaged ({e}); delete it to decode the images again") from None
     if not (base / "wnids.txt").exists():
-        raise FileNotFoundError(f"Tiny-ImageNet not found: expected {base}/wnids.txt, train/<wnid>/images/*.JPEG and "
+        raise AutoSNNError(f"Tiny-ImageNet not found: expected {base}/wnids.txt, train/<wnid>/images/*.JPEG and "
                                 f"val/; run: wget http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip "
                                 f"tiny-imagenet-200.zip -d {root}")
     try:
         from PIL import Image
     except ImportError:
-        raise ModuleNotFoundError("decoding Tiny-ImageNet's JPEG files needs Pillow: pip install pillow") from None
+        raise AutoSNNError("decoding Tiny-ImageNet's JPEG files needs Pillow: pip install pillow") from None
     wnids = {w: k for k, w in enumerate(sorted({w.strip() for w in (base / "wnids.txt").read_text().split()}))}
     train, test, ann = [], [], base / "val" / "val_annotations.txt"
     for w, k in wnids.items():
         files = sorted(p for p in (base / "train" / w / "images").glob("*") if p.suffix.lower() in (".jpeg", ".png"))
         if not files:
-            raise ValueError(f"{base / 'train' / w / 'images'} is missing or empty; unzip the archive again")
+            raise AutoSNNError(f"{base / 'train' / w / 'images'} is missing or empty; unzip the archive again")
         train += [(p, k) for p in files]
     for line in filter(str.strip, ann.read_text().splitlines() if ann.exists() else []):
         fname, w = (line.split("\t") + ["", ""])[:2]
         if w not in wnids:
-            raise ValueError(f"{ann}: {fname} has class {w!r}, which is not in wnids.txt")
+            raise AutoSNNError(f"{ann}: {fname} has class {w!r}, which is not in wnids.txt")
         test.append((base / "val" / "images" / fname, wnids[w]))
     if not train or not test:
-        raise ValueError(f"{base}: wnids.txt or {ann} is missing or empty; unzip the archive again")
+        raise AutoSNNError(f"{base}: wnids.txt or {ann} is missing or empty; unzip the archive again")
 
     def decode(items):
         x = np.empty((len(items), 3, 64, 64), np.uint8)
         for i, (p, _) in enumerate(items):
             if not p.exists():
-                raise FileNotFoundError(f"{p} not found (listed in the dataset); unzip the archive again")
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"))
+                raise AutoSNNError(f"{p} not found (listed in the dataset); unzip the archive again")
+            try:
+                with Image.open(p) as im:
+                    a = np.asarray(im.convert("RGB"))
+            except Exception as e:   # PIL raises several types for damaged or foreign files
+                raise AutoSNNError(f"{p} is not a readable image ({type(e).__name__}: {e}); unzip the archive "
+                                   f"again") from None
             if a.shape != (64, 64, 3):
-                raise ValueError(f"{p}: expected a 64x64 image, got {a.shape[:2]}")
+                raise AutoSNNError(f"{p}: expected a 64x64 image, got {a.shape[:2]}")
             x[i] = a.transpose(2, 0, 1)
         return x, np.array([k for _, k in items], np.int64)
 
     (xtr, ytr), (xte, yte) = decode(train), decode(test)
-    atomic_write(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
+    try:
+        atomic_write(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
+    except OSError as e:
+        raise AutoSNNError(f"cannot write {cache} ({e.strerror or e}); make {base} writable") from None
     return (xtr, ytr), (xte, yte)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Neuromorphic data: AEDAT readers, events -> frames, per-sample frame cache
-
-def _skip_header(data: bytes, path: Path, end: bytes | None) -> int:
-    """Byte offset after the '#' header lines; with `end`, the header must close with that line."""
-    pos = 0
-    while data[pos:pos + 1] == b"#":
-        nl = data.find(b"\n", pos)
-        line, pos = data[pos:nl if nl >= 0 else len(data)], (nl + 1 if nl >= 0 else len(data))
-        if end is not None and line.rstrip(b"\r") == end:
-            return pos
-    if end is not None:
-        raise ValueError(f"{path}: no {end.decode()} line; not an AEDAT 3.1 file or a damaged header")
-    return pos
-
-
-def read_aedat31(path) -> tuple[np.ndarray, ...]:
-    """Polarity events of an AEDAT 3.1 file (DVS128-Gesture) -> x, y, p, t int64 [N], in file order.
-
-    Packets: 28-byte little-endian header (int16 type, int16 source, int32 eventSize, tsOffset, tsOverflow,
-    capacity, eventNumber, valid) + eventNumber * eventSize bytes. Polarity packets (type 1) hold 8-byte
-    events: uint32 data (bit 0 valid, bit 1 polarity, bits 2-16 y, bits 17-31 x; libcaer polarity.h) and
-    int32 timestamp; t = tsOverflow << 31 | timestamp. Invalid events and other packet types are skipped.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    pos = _skip_header(data, path, b"#!END-HEADER")
-    words, times = [], []
-    while pos < len(data):
-        if len(data) - pos < 28:
-            raise ValueError(f"{path}: truncated packet header at byte {pos}; the file is damaged, fetch it again")
-        etype, _, size, _, overflow, _, number, _ = struct.unpack_from("<hhiiiiii", data, pos)
-        pos += 28
-        if size < 1 or number < 0 or pos + size * number > len(data):
-            raise ValueError(f"{path}: truncated packet at byte {pos - 28} ({number} events of {size} bytes); "
-                             f"the file is damaged, fetch it again")
-        if etype == 1:
-            if size != 8:
-                raise ValueError(f"{path}: polarity events of {size} bytes (expected 8) at byte {pos - 28}")
-            ev = np.frombuffer(data, "<u4", 2 * number, pos).reshape(-1, 2).astype(np.int64)
-            valid = (ev[:, 0] & 1) == 1
-            words.append(ev[valid, 0])
-            times.append((overflow << 31) | ev[valid, 1])
-        pos += size * number
-    w, t = (np.concatenate(a) if a else np.zeros(0, np.int64) for a in (words, times))
-    return (w >> 17) & 0x7FFF, (w >> 2) & 0x7FFF, (w >> 1) & 1, t
-
-
-def read_aedat20(path) -> tuple[np.ndarray, ...]:
-    """Events of an AEDAT 2.0 DVS128 file (CIFAR10-DVS) -> x, y, p, t int64 [N], in file order.
-
-    After '#' header lines: big-endian (uint32 address, uint32 timestamp) pairs. Address (jAER DVS128
-    extractor): bit 0 polarity, bits 1-7 x, bits 8-14 y; bit 15 or 31 set marks a special/sync event, dropped.
-    Like jAER (and the common CIFAR10-DVS readers) x is mirrored, x = 127 - raw x, and polarity inverted,
-    p = 1 - bit 0, so p = 1 is an ON event.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    pos = _skip_header(data, path, None)
-    if (len(data) - pos) % 8:
-        raise ValueError(f"{path}: {len(data) - pos} event bytes is not a multiple of 8; the file is truncated")
-    ev = np.frombuffer(data, ">u4", offset=pos).reshape(-1, 2).astype(np.int64)
-    addr, t = ev[(ev[:, 0] & 0x80008000) == 0].T
-    return 127 - ((addr >> 1) & 0x7F), (addr >> 8) & 0x7F, 1 - (addr & 1), t
-
-
-def events_to_frames(x, y, p, t, T: int, split_by: str = "number", size=SENSOR) -> np.ndarray:
-    """Integrate N events into T frames: frames[j, p, y, x] = number of events of polarity p at (x, y) in
-    slice j -> int64 [T, 2, H, W] (H = y, W = x). split_by="number": slice j holds events
-    [j * (N // T), (j + 1) * (N // T)) in file order, the last slice also the remainder. "time": slice
-    j = floor((t - t_min) * T / (t_max - t_min)), t_max going to the last slice (all in slice 0 if t_max = t_min)."""
-    H, W = size
-    n = len(t)
-    if split_by == "number":
-        per = n // T
-        j = np.minimum(np.arange(n) // per, T - 1) if per else np.full(n, T - 1)
-    elif split_by == "time":
-        span = int(t.max() - t.min()) if n else 0
-        j = np.minimum((t - t.min()) * T // span, T - 1) if span else np.zeros(n, np.int64)
-    else:
-        raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
-    flat = ((j * 2 + p) * H + y) * W + x
-    return np.bincount(flat, minlength=T * 2 * H * W).reshape(T, 2, H, W)
-
-
-def _read_frames(path: str) -> np.ndarray:
-    try:
-        with np.load(path) as z:
-            return z["frames"].astype(np.float32)
-    except Exception as e:
-        raise ValueError(f"cached frames {path} are unreadable ({e}); delete {Path(path).parent.parent} "
-                         f"to rebuild them") from None
-
+# Event-camera datasets: which recordings form each split (reading and caching them: events.py)
 
 def _cifar10dvs_samples(root: Path):
     """{split: [(aedat path, label)]}: per class, files sorted by their numeric index; the first
     (9 * n) // 10 train and the rest test (900 / 100 for the full 1000 recordings per class)."""
     base = root / "cifar10dvs"
     if not base.is_dir() or not any((base / c).is_dir() for c in CIFAR10DVS_CLASSES):
-        raise FileNotFoundError(f"CIFAR10-DVS not found: expected {base}/<class>/cifar10_<class>_<i>.aedat for the "
+        raise AutoSNNError(f"CIFAR10-DVS not found: expected {base}/<class>/cifar10_<class>_<i>.aedat for the "
                                 f"classes {', '.join(CIFAR10DVS_CLASSES)}; download the 10 class zips from https://"
                                 f"figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 and unzip them into {base}")
     out = {"train": [], "test": []}
     for label, cls in enumerate(CIFAR10DVS_CLASSES):
         folder = base / cls
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} not found; unzip {cls}.zip into {base}")
+            raise AutoSNNError(f"{folder} not found; unzip {cls}.zip into {base}")
         files = list(folder.glob("*.aedat"))
         if not files:
-            raise ValueError(f"{folder} holds no .aedat files; unzip {cls}.zip into {base} again")
+            raise AutoSNNError(f"{folder} holds no .aedat files; unzip {cls}.zip into {base} again")
         number = lambda f: int(m.group(1)) if (m := re.search(r"(\d+)\.aedat$", f.name)) else -1
         if bad := [f.name for f in files if number(f) < 0]:
-            raise ValueError(f"{folder}: file names must end in _<index>.aedat, got {bad[:3]}")
+            raise AutoSNNError(f"{folder}: file names must end in _<index>.aedat, got {bad[:3]}")
         files.sort(key=number)
         k = (9 * len(files)) // 10
         out["train"] += [(f, label) for f in files[:k]]
@@ -566,86 +638,49 @@ def _cifar10dvs_samples(root: Path):
     return out
 
 
-def _cifar10dvs_events(items):
-    for path, label in items:
-        x, y, p, t = read_aedat20(path)                 # 7-bit addresses: always on the 128x128 sensor
-        if len(t) == 0:
-            raise ValueError(f"{path} holds no events; the file is damaged, fetch it again")
-        yield (x, y, p, t), label
-
-
 def _gesture_samples(root: Path):
     """{split: [(aedat path, labels csv path)]} from the official trials_to_train/test.txt lists."""
     base = root / "dvs128gesture" / "DvsGesture"
     if not (base / "trials_to_train.txt").exists() or not (base / "trials_to_test.txt").exists():
-        raise FileNotFoundError(f"DVS128-Gesture not found: expected {base}/ with trials_to_train.txt, "
+        raise AutoSNNError(f"DVS128-Gesture not found: expected {base}/ with trials_to_train.txt, "
                                 f"trials_to_test.txt, userXX_<lighting>.aedat and userXX_<lighting>_labels.csv; "
                                 f"download DvsGesture.tar.gz from http://research.ibm.com/dvsgesture/ and run: "
                                 f"tar -xzf DvsGesture.tar.gz -C {base.parent}")
     out = {}
     for split in ("train", "test"):
-        names = [s.strip() for s in (base / f"trials_to_{split}.txt").read_text().splitlines() if s.strip()]
+        try:
+            names = [s.strip() for s in (base / f"trials_to_{split}.txt").read_text().splitlines() if s.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise AutoSNNError(f"cannot read {base / f'trials_to_{split}.txt'} ({e})") from None
         if not names:
-            raise ValueError(f"{base / f'trials_to_{split}.txt'} lists no recordings")
+            raise AutoSNNError(f"{base / f'trials_to_{split}.txt'} lists no recordings")
         out[split] = [(base / n, base / (n[:-len(".aedat")] + "_labels.csv")) for n in names]
         for aedat, csv in out[split]:
             if not aedat.exists() or not csv.exists():
-                raise FileNotFoundError(f"{aedat.name} or {csv.name} is missing from {base}; "
+                raise AutoSNNError(f"{aedat.name} or {csv.name} is missing from {base}; "
                                         f"extract DvsGesture.tar.gz again")
     return out
 
 
-def _gesture_events(items):
-    """One sample per labelled segment: events with start <= t < end, label = class - 1 (classes 1..11)."""
-    for aedat, csv in items:
-        x, y, p, t = read_aedat31(aedat)
-        if len(t) and max(x.max(), y.max()) >= 128:
-            raise ValueError(f"{aedat}: event addresses outside the 128x128 sensor; is this a DVS128 recording?")
-        lines = [s.strip() for s in csv.read_text().splitlines() if s.strip()]
-        if not lines or lines[0].replace(" ", "") != "class,startTime_usec,endTime_usec":
-            raise ValueError(f"{csv}: expected the header 'class,startTime_usec,endTime_usec'")
-        for line in lines[1:]:
-            try:
-                cls, start, end = (int(v) for v in line.split(","))
-            except ValueError:
-                raise ValueError(f"{csv}: bad row {line!r}; expected three integers") from None
-            if not 1 <= cls <= 11 or start >= end:
-                raise ValueError(f"{csv}: row {line!r} needs a class in 1..11 and start < end")
-            keep = (t >= start) & (t < end)
-            if not keep.any():
-                span = f"[{t.min()}, {t.max()}]" if len(t) else "(no events)"
-                raise ValueError(f"{csv}: segment [{start}, {end}) holds no events of {aedat.name}, whose events span "
-                                 f"{span}; the labels do not match the recording")
-            yield (x[keep], y[keep], p[keep], t[keep]), cls - 1
-
-
 def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int) -> Dataset:
-    """Frames cached once per sample; a complete cache (its index .json files) is used without the raw files."""
-    cache = root / name / f"frames_T{T}_{split_by}"
-    index = {s: cache / f"{s}.json" for s in ("train", "test")}
-    if not all(f.exists() for f in index.values()):
-        samples = _cifar10dvs_samples(root) if name == "cifar10dvs" else _gesture_samples(root)
-        events = _cifar10dvs_events if name == "cifar10dvs" else _gesture_events
-        for split, items in samples.items():
-            if not index[split].exists():
-                (cache / split).mkdir(parents=True, exist_ok=True)
-                files, labels = [], []
-                for i, ((x, y, p, t), label) in enumerate(events(items)):
-                    frames = events_to_frames(x, y, p, t, T, split_by)
-                    # The smallest unsigned type holding the largest count: nothing is clipped.
-                    frames = frames.astype(np.min_scalar_type(max(int(frames.max()), 1)))
-                    files.append(f"{split}/{i:06d}.npz")
-                    labels.append(label)
-                    atomic_write(cache / files[-1], lambda f: np.savez_compressed(f, frames=frames))
-                    if (i + 1) % 500 == 0:
-                        print(f"{name} {split}: {i + 1} samples cached in {cache}", file=sys.stderr)
-                atomic_write(index[split], lambda f: f.write(json.dumps({"files": files, "labels": labels}).encode()))
-    splits = []
-    for split in ("train", "test"):
-        meta = json.loads(index[split].read_text())
-        splits.append(Split(torch.tensor(meta["labels"], dtype=torch.long), is_event=True,
-                            files=tuple(str(cache / f) for f in meta["files"])))
-    return Dataset(name, 10 if name == "cifar10dvs" else 11, (T, 2, *SENSOR), True, splits[0], splits[1], cutout)
+    """Frames cached once per sample (events.py); a complete cache is used without the raw files."""
+    base = root / name
+    folder, key = events.cache_folder(base, T, split_by), events.cache_key(name, T, split_by)
+    cached = {s: events.read_index(folder, s, key) for s in ("train", "test")}
+    if None in cached.values():
+        old = base / f"frames_T{T}_{split_by}"
+        if old.is_dir():
+            print(f"{old} holds frames of an earlier version (another orientation or time split); it is not "
+                  f"used and can be deleted", file=sys.stderr)
+        listing = _cifar10dvs_samples(root) if name == "cifar10dvs" else _gesture_samples(root)
+        for split, items in listing.items():
+            if cached[split] is None:
+                samples = (((events.cifar10dvs_events(path), label) for path, label in items) if name == "cifar10dvs"
+                           else itertools.chain.from_iterable(events.gesture_segments(a, c) for a, c in items))
+                cached[split] = events.write_split(folder, split, samples, T, split_by, key, name)
+    train, test = (Split(torch.tensor(cached[s][1], dtype=torch.long), files=tuple(cached[s][0]), is_event=True)
+                   for s in ("train", "test"))
+    return Dataset(name, 10 if name == "cifar10dvs" else 11, (T, 2, *events.SENSOR), True, train, test, cutout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -708,6 +743,6 @@ def synthetic_events(n: int, seed, T: int, size: int = 32, substeps: int = 4) ->
         edges = np.stack([enter + leave - on, on], 2)                                # [b, T, 2, H, W]: OFF, ON
         counts = rng.binomial(edges, 0.6) + rng.poisson(0.08, edges.shape)
         if counts.max() > 255:
-            raise ValueError("synthetic event counts overflow uint8; lower substeps")
+            raise AutoSNNError("synthetic event counts overflow uint8; lower substeps")
         out[sl] = counts
     return out, labels.astype(np.int64)
