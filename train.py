@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import dist
 from autosnn import E_AC, E_MAC, NEURONS, SpikingNetwork, count_parameters, predict, rate_loss
 from baselines import BASELINES, HandcraftedSNN
 from data import DATASETS, load_dataset
@@ -155,19 +156,27 @@ class Run:
         self.path = path
 
     def log(self, msg: str) -> None:
+        if not dist.is_main():          # under torchrun only rank 0 writes (dist.py)
+            return
         print(msg, flush=True)
         with open(self.path / "log.txt", "a") as f:
             f.write(msg + "\n")
 
     def metrics(self, **row) -> None:
+        if not dist.is_main():
+            return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
     def write_text(self, path: Path, text: str) -> None:
+        if not dist.is_main():
+            return
         atomic_write(path, lambda f: f.write(text.encode()))
 
     def save(self, obj, name: str) -> None:
         """torch.save under a temporary name, then rename: a crash never leaves half a checkpoint."""
+        if not dist.is_main():
+            return
         atomic_write(self.path / name, lambda f: torch.save(obj, f))
 
 
@@ -225,11 +234,12 @@ def train_epoch(net, optimizer, batches, path, run: Run, log_every: int, label: 
     net.train()
     sums, n = None, 0                 # on the device: loss, correct, spikes (sums over images)
     start = time.time()
-    for i, (x, y) in enumerate(batches, 1):
+    for i, (x, y) in enumerate(dist.shard(batches), 1):      # this rank's slice of each global batch
         optimizer.zero_grad(set_to_none=True)   # unsampled candidates keep grad None: Adam skips them
         out, stats = net(x, path())
         loss = loss_fn(net, out, y)
         loss.backward()
+        dist.average_gradients(net, len(y))      # the path's gradients, averaged over ranks
         optimizer.step()
         with torch.no_grad():
             row = torch.stack([loss.detach().double() * len(y), (predict(out) == y).sum().double(),
@@ -237,10 +247,11 @@ def train_epoch(net, optimizer, batches, path, run: Run, log_every: int, label: 
             sums = row if sums is None else sums + row
         n += len(y)
         if log_every and i % log_every == 0:
-            s = sums.tolist()
-            run.log(f"  {label} batch {i}: loss {s[0] / n:.4f} acc {s[1] / n:.4f} "
-                    f"spikes {s[2] / n:.0f} ({n / (time.time() - start):.0f} img/s)")
-    loss_sum, correct, spikes = sums.tolist()
+            s, n_all = dist.sum_over_ranks(sums, n)
+            run.log(f"  {label} batch {i}: loss {s[0] / n_all:.4f} acc {s[1] / n_all:.4f} "
+                    f"spikes {s[2] / n_all:.0f} ({n_all / (time.time() - start):.0f} img/s)")
+    dist.average_bn_stats(net)                   # every rank now holds the same model
+    (loss_sum, correct, spikes), n = dist.sum_over_ranks(sums, n)
     return {"loss": loss_sum / n, "acc": correct / n, "spikes": spikes / n,
             "img_per_s": n / (time.time() - start)}
 
@@ -348,12 +359,13 @@ def search_stage(cfg: Config, ds, run: Run, device, ck: dict) -> str:
     if not search.done:
         run.log(f"search: {sc.search} on D_val ({len(d_val)} images), lambda {sc.lam}, "
                 f"spike_norm {spike_norm:.0f}, {sc.iterations} x {sc.pool}")
-        run_search(search, lambda archs: evaluate_archs(net, archs, val_batches,
-                                                        recalib_batches if sc.bn_recalib else None),
+        run_search(search, dist.split_pool(lambda archs: evaluate_archs(
+                       net, archs, val_batches, recalib_batches if sc.bn_recalib else None)),
                    checkpoint, run.log)
     best = search.best()
     run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
-    plot_run(run.path, run.log)
+    if dist.is_main():
+        plot_run(run.path, run.log)
     run.log(f"best architecture: {best['arch']} (val acc {best['acc']:.4f}, spikes {best['spikes']:.0f}, "
             f"fitness {best['fitness']:.4f})")
     return best["arch"]
@@ -429,7 +441,8 @@ def retrain_stage(cfg: Config, ds, run: Run, device, arch: str, supernet_ck: dic
     run.log(f"final test accuracy {final['acc']:.4f}, spikes per image {final['spikes']:.0f} "
             f"(neuron outputs only {final['neuron_spikes']:.0f}), {results['params']:,} parameters"
             + (f", energy estimate {final['energy']['energy_uj']:.2f} uJ per image" if final.get("energy") else ""))
-    plot_run(run.path, run.log)
+    if dist.is_main():
+        plot_run(run.path, run.log)
     return results
 
 
@@ -598,7 +611,7 @@ def execute(cfg: Config, run_dir: Path, supernet_ck: dict | None, new: bool) -> 
         r.eval_batch_size = 768 if device.type == "cuda" else 256
     ds = load_dataset(r.dataset, r.data_root, r.download, r.T, r.split_by, r.n_train or None,
                       r.n_test or None, cutout=r.cutout)
-    if new:      # everything checked: only now create the folder
+    if new and dist.is_main():      # everything checked: only now create the folder
         run_dir.mkdir(parents=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     random.seed(r.seed)    # the one seeding call; stages restore saved states when they resume
@@ -612,7 +625,8 @@ def execute(cfg: Config, run_dir: Path, supernet_ck: dict | None, new: bool) -> 
     if r.stage in ("all", "supernet"):
         supernet_ck = train_supernet(cfg, ds, run, device)
     if r.stage == "supernet":
-        plot_run(run.path, run.log)
+        if dist.is_main():
+            plot_run(run.path, run.log)
         return {}
     arch = cfg.retrain.arch
     if r.stage in ("all", "search"):
@@ -631,6 +645,7 @@ def main(argv=None) -> int:
     run_dir = None
     try:
         cfg, run_dir, supernet_ck = prepare(given)
+        dist.setup(cfg.run.device, cfg.run.batch_size)   # under torchrun: join the other ranks
         execute(cfg, run_dir, supernet_ck, new=not run_dir.exists())
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:     # a user's mistake: one line
         print(f"error: {e}", file=sys.stderr)
