@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 from datetime import timedelta
 
@@ -66,13 +67,18 @@ def timeout_s() -> int:
     return int(os.environ.get("AUTOSNN_DIST_TIMEOUT", "600"))
 
 
-def setup(device: str, batch_size: int) -> None:
+_resume_hint = "continue with --resume <run folder>"
+
+
+def setup(device: str, batch_size: int, run_dir=None) -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise do nothing.
 
     device: the --device option ('' = cuda when available). CUDA runs NCCL with one GPU per rank
     (cuda:LOCAL_RANK becomes the current device, so torch.device('cuda') means it); CPU runs gloo.
     Checks, before joining, that the global batch_size divides by the number of ranks and that
-    the node has a GPU for each of its ranks: every rank raises the same one-line error."""
+    the node has a GPU for each of its ranks: every rank raises the same one-line error.
+    run_dir: named in the resume hint of a failure."""
+    global _resume_hint
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or active():
         return
@@ -94,6 +100,8 @@ def setup(device: str, batch_size: int) -> None:
         td.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
     except (RuntimeError, ValueError) as e:     # rendezvous failed or timed out
         raise RankFailure(f"could not join the {world} processes: {_first_line(e)}") from None
+    if run_dir is not None:
+        _resume_hint = f"continue with: torchrun ... train.py --resume {run_dir}"
     atexit.register(_leave)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -106,12 +114,13 @@ def _leave() -> None:
 def _on_sigterm(signum, frame):
     # torchrun sends SIGTERM to the others when one rank fails: stop with a line, not a traceback
     raise RankFailure(f"rank {rank()}: stopped by the launcher (another process of this job failed); "
-                      f"the last checkpoint is intact: continue with --resume <run folder>")
+                      f"the last checkpoint is intact; {_resume_hint}")
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """The gist of a backend error: its first sentence, without a source-file location."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().split("\n")[0])
+    return text.split(". ")[0].rstrip(".")
 
 
 def _collective(fn, *args, **kwargs):
@@ -120,8 +129,7 @@ def _collective(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except RuntimeError as e:           # DistBackendError, gloo/NCCL errors and timeouts all derive from it
         raise RankFailure(f"rank {rank()}: another process of this job stopped or did not answer within "
-                          f"{timeout_s()} s ({_first_line(e)}); the last checkpoint is intact: continue "
-                          f"with --resume <run folder>") from None
+                          f"{timeout_s()} s ({_first_line(e)}); the last checkpoint is intact; {_resume_hint}") from None
 
 
 def shard(batches):

@@ -645,7 +645,7 @@ def main(argv=None) -> int:
     run_dir = None
     try:
         cfg, run_dir, supernet_ck = prepare(given)
-        dist.setup(cfg.run.device, cfg.run.batch_size)   # under torchrun: join the other ranks
+        dist.setup(cfg.run.device, cfg.run.batch_size, run_dir)   # under torchrun: join the other ranks
         execute(cfg, run_dir, supernet_ck, new=not run_dir.exists())
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:     # a user's mistake: one line
         print(f"error: {e}", file=sys.stderr)
