@@ -35,6 +35,7 @@ import os
 import re
 import signal
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as td
@@ -100,10 +101,22 @@ def setup(device: str, batch_size: int, run_dir=None) -> None:
         td.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
     except (RuntimeError, ValueError) as e:     # rendezvous failed or timed out
         raise RankFailure(f"could not join the {world} processes: {_first_line(e)}") from None
-    if run_dir is not None:
-        _resume_hint = f"continue with: torchrun ... train.py --resume {run_dir}"
     atexit.register(_leave)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if run_dir is not None:
+        _resume_hint = f"continue with: torchrun ... train.py --resume {run_dir}"
+        _check_same_folder(Path(run_dir))
+
+
+def _check_same_folder(run_dir: Path) -> None:
+    """Every rank resumes from rank 0's checkpoints, so every rank must see the same run folder."""
+    view = sorted((p.name, p.stat().st_size) for p in run_dir.glob("*.pt")) if run_dir.is_dir() else None
+    views = [None] * world_size()
+    _collective(td.all_gather_object, views, view)
+    if any(v != views[0] for v in views):
+        bad = next(r for r, v in enumerate(views) if v != views[0])
+        raise AutoSNNError(f"rank {bad} does not see the run folder {run_dir} as rank 0 does; on several "
+                           f"machines put it on a filesystem that every machine reads")
 
 
 def _leave() -> None:
