@@ -196,6 +196,11 @@ def test_killed_rank_stops_the_job_and_resume_continues(tmp_path):
     assert 1 <= saved["epoch"] < 6
     assert finish(ref)[0] == [0, 0]
     shutil.copytree(cut, tmp_path / "cut1")
+    stale = tmp_path / "stale" / "runs" / "x"             # rank 1 sees a folder without the checkpoint
+    stale.mkdir(parents=True)
+    shutil.copy(cut / "runs" / "x" / "config.json", stale)
+    codes, outs = finish(launch(["--resume", "runs/x"], [cut, tmp_path / "stale"]))
+    assert codes == [2, 2] and all("rank 1 does not see the run folder" in o[1] for o in outs), outs
     port = free_port()
     torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                "--master_addr", "127.0.0.1", "--master_port", str(port), str(HERE / "train.py"),
