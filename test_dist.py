@@ -82,7 +82,7 @@ def _global_batches(steps=4, half=8):
 
 def _train(folder: Path, epochs=2):
     torch.manual_seed(0)
-    net = SpikingNetwork("AutoSNN_4", 10, None, 2, (3, 32, 32))
+    net = SpikingNetwork("AutoSNN_4", 10, None, 2, (3, 32, 32), v_th=0.5)    # low threshold: outputs spike
     init = {k: v.clone() for k, v in net.state_dict().items()}
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     rng, paths = random.Random(1), []
@@ -96,10 +96,26 @@ def _train(folder: Path, epochs=2):
             "with_grad": sorted(n for n, p in net.named_parameters() if p.grad is not None)}
 
 
+def _linear_step():
+    """One gradient of a mean loss over a global batch of 5 (shards of 3 and 2 on 2 ranks), with
+    a second layer that takes no part: its gradient must stay None."""
+    torch.manual_seed(3)
+    used, unused = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    g = torch.Generator().manual_seed(4)
+    (x, y), = dist.shard([(torch.randn(5, 6, generator=g), torch.randn(5, 3, generator=g))])
+    loss = ((used(x) - y) ** 2).mean()
+    loss.backward()
+    dist.average_gradients(torch.nn.ModuleList([used, unused]), len(y))
+    (loss_sum,), n = dist.sum_over_ranks(loss.detach().reshape(1) * len(y), len(y))
+    return {"weight": used.weight.grad, "bias": used.bias.grad, "unused": unused.weight.grad,
+            "loss": loss_sum / n, "n": n}
+
+
 def _train_worker(r, n, port, folder):
     os.environ.update({k: v for k, v in rank_env(r, n, port).items() if k not in ("PYTHONPATH",)})
     torch.set_num_threads(1)
     dist.setup("cpu", 16)
+    torch.save(_linear_step(), Path(folder) / f"linear{r}.pt")
     torch.save(_train(Path(folder)), Path(folder) / f"rank{r}.pt")
 
 
@@ -108,6 +124,15 @@ def test_two_ranks_train_the_supernet_as_one_process(tmp_path):
     torch.set_num_threads(1)          # the ranks' thread count: the same kernels, the same rounding
     one = _train(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # uneven shards with different data: the averaged gradient is the global batch's gradient
+    whole = _linear_step()
+    for r in range(2):
+        part = torch.load(tmp_path / f"linear{r}.pt")
+        assert part["unused"] is None and part["n"] == 5 and part["loss"] == pytest.approx(whole["loss"])
+        for k in ("weight", "bias"):
+            torch.testing.assert_close(part[k], whole[k])
+    assert one["metrics"][-1]["loss"] < 0.099       # outputs spike (a silent output gives exactly 0.1)
+    assert (one["state"]["fc.weight"] - one["init"]["fc.weight"]).abs().max() > 1e-3    # training moved it
     for two in ranks:
         assert two["paths"] == one["paths"]                    # the same path at every step
         assert two["with_grad"] == one["with_grad"]            # only the last path has gradients
