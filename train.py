@@ -49,6 +49,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     import torch.nn.functional as F
 
     import autosnn
+    import dist
     from autosnn import E_AC, E_MAC, NEURONS, SpikingNetwork, count_parameters, predict, rate_loss
     from baselines import BASELINES, HandcraftedSNN
     from data import DATASETS, load_dataset
@@ -202,6 +203,8 @@ class Run:
             raise
 
     def log(self, msg: str) -> None:
+        if not dist.is_main():          # under torchrun only rank 0 writes (dist.py)
+            return
         print(msg, flush=True)
         self._append("log.txt", msg + "\n")
 
@@ -212,13 +215,15 @@ class Run:
             self.log("warning: " + msg)
 
     def metrics(self, **row) -> None:
+        if not dist.is_main():          # under torchrun only rank 0 writes (dist.py)
+            return
         self._append("metrics.jsonl", json.dumps({"time": now(), **row}) + "\n")
 
     def cut_metrics(self, stage: str, key: str, upto: int) -> None:
         """Drop rows of `stage` past the checkpoint (row[key] > upto) and any partial line: a kill
         between a row's append and its checkpoint's save must not leave that row twice."""
         path = self.path / "metrics.jsonl"
-        if not path.is_file():
+        if not dist.is_main() or not path.is_file():
             return
         lines, keep = path.read_text().splitlines(), []
         for line in lines:
@@ -232,10 +237,13 @@ class Run:
             atomic_write_text(path, "".join(x + "\n" for x in keep))
 
     def write_text(self, path: Path, text: str) -> None:
-        atomic_write_text(path, text)
+        if dist.is_main():
+            atomic_write_text(path, text)
 
     def save(self, obj, name: str) -> None:
         """torch.save under a temporary name, then rename: a crash never leaves half a checkpoint."""
+        if not dist.is_main():
+            return
         atomic_write(self.path / name, lambda f: torch.save(obj, f))
 
     def clean(self) -> None:
@@ -326,6 +334,8 @@ def save_network(net, path: Path) -> bool:
     save = getattr(autosnn, "save_model", None)
     if save is None:
         return False
+    if not dist.is_main():             # under torchrun only rank 0 writes
+        return True
     save(net, path)
     return True
 
@@ -376,12 +386,13 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
     net.train()
     sums, n, counts, classifier = None, 0, {}, None
     start = time.time()
-    for i, (x, y) in enumerate(batches, 1):
+    for i, (x, y) in enumerate(dist.shard(batches), 1):      # this rank's slice of each global batch
         optimizer.zero_grad(set_to_none=True)   # unsampled candidates keep grad None: Adam skips them
         with autocast():
             out, stats = net(x, path())
             loss = loss_fn(net, out, y)
         loss.backward()
+        dist.average_gradients(net, len(y))      # the path's gradients, averaged over ranks
         optimizer.step()
         with torch.no_grad():
             row = torch.stack([loss.detach().double() * len(y), (predict(out) == y).sum().double(),
@@ -398,10 +409,11 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
         if i == 1 and time_first_step:
             run.log(f"  first {label} step (torch.compile compiles here): {time.time() - start:.1f}s")
         if log_every and i % log_every == 0:
-            s = sums.tolist()
-            run.log(f"  {label} batch {i}/{n_batches}: loss {s[0] / n:.4f} acc {s[1] / n:.4f} "
-                    f"spikes {s[2] / n:.0f} ({n / (time.time() - start):.0f} img/s)")
-    loss_sum, correct, spikes = sums.tolist()
+            s, n_all = dist.sum_over_ranks(sums, n)           # global numbers (one process: as is)
+            run.log(f"  {label} batch {i}/{n_batches}: loss {s[0] / n_all:.4f} acc {s[1] / n_all:.4f} "
+                    f"spikes {s[2] / n_all:.0f} ({n_all / (time.time() - start):.0f} img/s)")
+    dist.average_bn_stats(net)                   # every rank now holds the same model
+    (loss_sum, correct, spikes), n = dist.sum_over_ranks(sums, n)
     layers: dict = {}
     flat = torch.cat([c.reshape(-1) for c in counts.values()]).tolist() if counts else []
     names = [nm for key in counts for nm in key]
@@ -600,11 +612,12 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict, ck_path: Path) -
     if not search.done:
         run.log(f"search: {sc.search_algo} on D_val ({len(d_val)} images), lambda {sc.lam}, "
                 f"spike_norm {spike_norm:.0f}, {sc.iterations} x {sc.pool}")
-        run_search(search, evaluate, checkpoint, run.log, num_classes=ds.num_classes, val_images=len(d_val))
+        run_search(search, dist.split_pool(evaluate), checkpoint, run.log, num_classes=ds.num_classes, val_images=len(d_val))
     best = search.best()
     run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
     run.wall["search"] = wall
-    plot_run(run.path, run.log)
+    if dist.is_main():
+        plot_run(run.path, run.log)
     run.log(f"best architecture: {best['arch']} (val acc {best['acc']:.4f}, spikes {best['spikes']:.0f}, "
             f"fitness {best['fitness']:.4f})")
     return best["arch"]
@@ -700,7 +713,8 @@ def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: d
             f"(neuron outputs only {final['neuron_spikes']:.0f}), {results['params']:,} parameters"
             + (f", energy estimate {final['energy']['energy_uj']:.2f} uJ per image" if final.get("energy") else "")
             + (f"; silent layers: {', '.join(silent)}" if silent else ""))
-    plot_run(run.path, run.log)
+    if dist.is_main():
+        plot_run(run.path, run.log)
     return results
 
 
@@ -714,8 +728,9 @@ def study_stage(cfg: Config, ds, run: Run, env: Env) -> list[dict]:
         sub = Config.from_flat({**cfg.flat(), "backbone": backbone, "model": "",
                                 "arch": "-".join([cfg.retrain.study_block] * len(get_backbone(backbone).searched))})
         sub_run = Run(run.path / "study" / backbone, run.env, run.started)
-        sub_run.path.mkdir(parents=True, exist_ok=True)
-        sub_run.clean()
+        if dist.is_main():
+            sub_run.path.mkdir(parents=True, exist_ok=True)
+            sub_run.clean()
         sub_run.warned = run.warned
         res = retrain_stage(sub, ds, sub_run, env, sub.retrain.arch, None)
         e = res["energy"] or {}
@@ -1063,12 +1078,13 @@ def execute(cfg: Config, run_dir: Path, supernet_ck: dict | None, preset: str, s
         load_supernet(cfg, supernet_ck, ds, "cpu", sup_path)
     env_info = environment(device)
     new = state["new"]
-    if new:      # everything checked: only now create the folder, with its config, in one step
+    if new and dist.is_main():      # everything checked: only now create the folder, with its config, in one step
         doc = {**cfg.to_dict(), "preset": preset, "environment": env_info, "started": now()}
         create_folder(run_dir, {"config.json": json.dumps(doc, indent=1)})
     state["created"] = True
     run = Run(run_dir, env_info)
-    run.clean()
+    if dist.is_main():
+        run.clean()
     random.seed(r.seed)    # the one seeding call; stages restore saved states when they resume
     torch.manual_seed(r.seed)
     env = Env(cfg, device)
@@ -1081,7 +1097,8 @@ def execute(cfg: Config, run_dir: Path, supernet_ck: dict | None, preset: str, s
     if r.stage in ("all", "supernet"):
         supernet_ck, sup_path = train_supernet(cfg, ds, run, env), run_dir / "supernet.pt"
     if r.stage == "supernet":
-        plot_run(run.path, run.log)
+        if dist.is_main():
+            plot_run(run.path, run.log)
         return finish(run, "supernet_model.pt")
     arch = cfg.retrain.arch
     if r.stage in ("all", "search"):
@@ -1112,6 +1129,7 @@ def main(argv=None) -> int:
         state["new"] = "resume" not in given
         cfg, run_dir, supernet_ck, preset = prepare(given)
         state["created"] = not state["new"]
+        dist.setup(cfg.run.device, cfg.run.batch_size, run_dir)   # under torchrun: join the other ranks
         execute(cfg, run_dir, supernet_ck, preset, state)
     except AutoSNNError as e:                  # a user's mistake: one line
         print(f"error: {e}", file=sys.stderr)
