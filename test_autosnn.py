@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autosnn import (MaxPool, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm,
-                     _charge_fire_reset, count_parameters, predict, rate_loss)
+from autosnn import (Conv, MaxPool, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm, Trace, atan_surrogate,
+                     count_parameters, predict, rate_loss, recording)
 from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout,
                           get_backbone, parse_arch, resolve_arch, sample_arch)
 
@@ -27,11 +27,20 @@ def seeded(seed=0):
 # ---------------------------------------------------------------------------------------------
 
 def trajectory(kind, xs, **kw):
-    """Membrane before reset and spikes of a single neuron driven by the scalar sequence xs."""
+    """Membrane before reset and spikes of a single neuron driven by the scalar sequence xs,
+    from Neuron.step; the spikes of Neuron.forward (with and without autograd) must agree."""
     n = Neuron(kind, **kw)
     x = torch.tensor(xs, dtype=torch.float64).view(-1, 1)
-    h = _charge_fire_reset(x, n.leak(), n.v_th)
-    return h.view(-1).tolist(), n(x).view(-1).tolist()
+    v, h, s = torch.zeros(1, dtype=torch.float64), [], []
+    for x_t in x:
+        k = n.leak()
+        h.append((v + x_t if k is None else v + (x_t - v) * k).item())     # before reset
+        s_t, v = n.step(x_t, v)
+        s.append(s_t.item())
+    with torch.no_grad():
+        assert n(x).view(-1).tolist() == s
+    assert n(x.requires_grad_()).view(-1).tolist() == s
+    return h, s
 
 
 def test_if_golden():
@@ -85,25 +94,69 @@ def test_surrogate_values(x, alpha, grad):
     assert t.grad.item() == pytest.approx(grad)
 
 
+def hand_backward(x, g, k, v_th, alpha):
+    """dL/dx and dL/dk of L = sum(g * s) by backpropagation through time written out by hand
+    (float64), for the neuron v = v' + (x - v') * k (k None: v = v' + x), s = H(v - v_th),
+    v' = v * (1 - s) with s detached. With c = dL/dv'[t] carried back from step t+1:
+        e = dL/ds[t] * surrogate(v[t] - v_th) + c * (1 - s[t]);  dL/dx[t] = e * k;  c <- e * (1 - k)
+        dL/dk = sum_t e * (x[t] - v'[t-1])"""
+    T = x.shape[0]
+    vs, hs, v = [], [], torch.zeros_like(x[0])
+    for t in range(T):
+        vs.append(v)
+        h = v + x[t] if k is None else v + (x[t] - v) * k
+        hs.append(h)
+        v = h * (h < v_th).to(h.dtype)
+    gx, gk, c = torch.zeros_like(x), 0.0, torch.zeros_like(x[0])
+    for t in reversed(range(T)):
+        e = g[t] * atan_surrogate(hs[t] - v_th, alpha) + c * (hs[t] < v_th).to(x.dtype)
+        gx[t] = e if k is None else e * k
+        c = e if k is None else e * (1 - k)
+        gk = gk + (e * (x[t] - vs[t])).sum()
+    return gx, gk
+
+
 @pytest.mark.parametrize("kind", ["plif", "lif", "if"])
-def test_fused_neuron_matches_autograd_steps(kind):
-    """MultiStepNeuron's hand-written backward through time == autograd through Neuron.step."""
+def test_neuron_gradients_match_hand_written_bptt(kind):
+    """Autograd through Neuron.forward == backpropagation through time written out by hand."""
     seeded(1)
-    n = Neuron(kind, tau0=3.0, alpha=3.0)
+    n = Neuron(kind, tau0=3.0, alpha=3.0).double()
+    if kind == "plif":
+        with torch.no_grad():
+            n.w.fill_(0.3)                                  # k off 0.5
     x = (torch.randn(6, 3, 5, dtype=torch.float64) * 1.5).requires_grad_()
     g = torch.randn(6, 3, 5, dtype=torch.float64)
     s = n(x)
     grads = torch.autograd.grad((s * g).sum(), [x] + list(n.parameters()))
-    v, ref = torch.zeros_like(x[0]), []
-    for t in range(6):
-        st, v = n.step(x[t], v)
-        ref.append(st)
-    ref = torch.stack(ref)
-    ref_grads = torch.autograd.grad((ref * g).sum(), [x] + list(n.parameters()))
-    assert torch.equal(s, ref) and 0 < s.sum() < s.numel()
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, atol=1e-12)
-    assert grads[0].abs().sum() > 0
+    k = n.leak()
+    gx, gk = hand_backward(x.detach(), g, None if k is None else (k.detach() if kind == "plif" else k),
+                           n.v_th, n.alpha)
+    assert 0 < s.sum() < s.numel()
+    assert torch.allclose(grads[0], gx, atol=1e-12) and grads[0].abs().sum() > 0
+    if kind == "plif":                                      # dL/dw = dL/dk * k (1 - k)
+        assert torch.allclose(grads[1], gk * k * (1 - k), atol=1e-12)
+
+
+def step_by_step(n, x):
+    v, out = torch.zeros_like(x[0]), []
+    for x_t in x:
+        s, v = n.step(x_t, v)
+        out.append(s)
+    return torch.stack(out)
+
+
+def test_neuron_forward_is_its_step_loop_bit_for_bit():
+    """float32, k off 0.5, inputs crowding the threshold: the same spikes, train and no_grad."""
+    seeded(14)
+    n = Neuron("plif")
+    with torch.no_grad():
+        n.w.fill_(0.8137)
+    x = torch.rand(8, 64, 257) * 2.2
+    ref = step_by_step(n, x)
+    assert torch.equal(n(x), ref)
+    with torch.no_grad():
+        assert torch.equal(n(x), ref)
+    assert 0.05 < ref.mean() < 0.95
 
 
 def test_neuron_keeps_no_state():
@@ -386,10 +439,9 @@ def test_spike_stats_equal_manual_recount():
 
 def test_large_counts_are_exact():
     # 2 * 4097 * 4097 = 33,570,818 spikes: not representable in float32 (spacing 4 at 2^25)
-    from autosnn import Trace
     spikes = torch.ones(1, 1, 1).expand(2, 4097, 4097)
     tr = Trace()
-    tr.record(Neuron(), spikes, "neuron")
+    tr.record("neuron", spikes, "neuron")
     assert tr.counts["neuron"].item() == 33_570_818
 
 
@@ -455,24 +507,25 @@ def test_rate_loss_and_ties():
 # ---------------------------------------------------------------------------------------------
 
 def test_synaptic_ops_hand_count():
-    from autosnn import Conv, Linear, Trace
+    def count(layer, x):
+        tr = Trace(energy=True)
+        with recording(tr, layer, "conv"):
+            layer(x)
+        return tr
+
     conv = Conv(1, 2, 3)                       # 3x3, padding 1, on 4x4: corner reaches 4 outputs,
     x = torch.zeros(1, 1, 1, 4, 4)             # edge 6, interior 9 (per output channel)
     x[..., 0, 0] = x[..., 0, 2] = x[..., 2, 2] = 1
-    tr = Trace(energy=True)
-    conv(x, tr)
+    tr = count(conv, x)
     assert tr.sops["conv"].item() == 2 * (4 + 6 + 9)
     assert tr.macs["conv"] == 2 * 16 * 9       # dense: 2 channels x 16 outputs x 9 inputs each
     strided = Conv(1, 3, 1, stride=2)          # 1x1 stride 2: only even rows/cols are read
     x = torch.zeros(2, 1, 1, 4, 4)
     x[0, ..., 0, 0] = x[1, ..., 2, 2] = x[0, ..., 1, 1] = x[1, ..., 3, 0] = 1
-    tr = Trace(energy=True)
-    strided(x, tr)
+    tr = count(strided, x)
     assert tr.sops["conv"].item() == 3 * 2
-    fc = Linear(5, 7)
-    tr = Trace(energy=True)
-    fc(torch.tensor([[[1.0, 0, 1, 1, 0]]]), tr)
-    assert tr.sops["fc"].item() == 3 * 7 and tr.macs["fc"] == 35
+    tr = count(nn.Linear(5, 7, bias=False), torch.tensor([[[1.0, 0, 1, 1, 0]]]))
+    assert tr.sops["conv"].item() == 3 * 7 and tr.macs["conv"] == 35
 
 
 def test_energy_without_spikes_is_first_layer_only():
