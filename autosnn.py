@@ -112,6 +112,12 @@ class Neuron(nn.Module):
         x = _float32_at_least(x)                        # the membrane integrates in float32 under autocast
         if not torch.is_grad_enabled():
             return self._no_grad_forward(x)
+        # Keep only x for backward and run the loop again there: the loop's intermediates
+        # (x - v, v - V_th, 1 - s at every step) would otherwise triple the neuron's memory.
+        return torch.utils.checkpoint.checkpoint(self.loop, x, use_reentrant=False, preserve_rng_state=False)
+
+    def loop(self, x):
+        """s[t], v[t] = step(x[t], v[t-1]) for t = 0 .. T-1, from v = 0. x: [T, B, ...] -> spikes [T, B, ...]."""
         v = torch.zeros_like(x[0])
         spikes = []
         for x_t in x:
