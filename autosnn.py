@@ -173,15 +173,15 @@ class Conv(nn.Conv2d):
 class TimeBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d over x: [T, B, C, H, W] with separate batch statistics at every time step.
 
-    Exactly one BatchNorm2d call on each x[t] in turn, as the original (which runs the net one step
-    at a time) does: each step is normalised with its own B-sample statistics in training, and the
-    running statistics are updated T times in sequence. Eval uses the running statistics.
-    Runs in float32 under autocast.
+    Literally one BatchNorm2d call on each x[t] in turn, as the original (which runs the net one step
+    at a time) does: in training each step is normalised with its own B-sample statistics and the
+    running statistics are updated T times in sequence. Eval uses the running statistics, in one
+    call for all steps. Runs in float32 under autocast (its buffers stay float32).
     """
 
     def forward(self, x):
         x = _float32_at_least(x)
-        if not self.training:                  # one call: the same affine map at every step
+        if not self.training:
             return fold(super().forward, x)
         return torch.stack([super(TimeBatchNorm, self).forward(x_t) for x_t in x])
 

@@ -580,3 +580,134 @@ def test_activation_checkpointing_changes_nothing_but_memory():
             assert torch.allclose(a.grad, b.grad, atol=1e-12), n
     for (n, a), b in zip(net.named_buffers(), ck.buffers()):
         assert torch.equal(a, b), n                            # BN statistics updated once, not twice
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit-exact agreement in float32, compilation, mixed precision, saved networks
+# ---------------------------------------------------------------------------------------------
+
+def test_float32_spikes_equal_stepwise_on_events_and_after_adam():
+    """The multi-step forward and the original's one-step loop give the same spikes bit for bit in
+    float32: on 128x128 event input (the DVS stem) and after an Adam step has moved k off 0.5."""
+    seeded(15)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, input_shape=(2, 128, 128))
+    ref = copy.deepcopy(net)
+    x = (torch.rand(2, 2, 2, 128, 128) < 0.3).float() * torch.randint(1, 4, (2, 2, 2, 128, 128))
+    y = torch.tensor([0, 2])
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for step in range(2):
+        ref.load_state_dict(net.state_dict())            # same weights (and BN statistics) in both forms
+        oa, sa = net(x)
+        ob, sb = ref.forward_stepwise(x)
+        assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts), step
+        assert sa.spikes > 0
+        opt.zero_grad()
+        rate_loss(oa, y, 2).backward()
+        opt.step()
+    assert torch.sigmoid(ref.stem.n1.w).item() != 0.5      # the second comparison ran with k off 0.5
+
+
+def test_stats_are_detached_and_silent_layers_named():
+    seeded(16)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2)
+    out, stats = net(torch.randn(2, 3, 32, 32))
+    assert not stats.counts.requires_grad and out.requires_grad
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        float(stats.spikes)
+    assert stats.silent_layers() == [n for n, c in stats.summary()["per_layer"].items() if c == 0]
+    quiet = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=1e9)
+    _, s = quiet(torch.randn(2, 3, 32, 32))
+    assert s.silent_layers() == s.names and "stem.n1" in s.names
+
+
+def test_fanout_cache_from_inference_mode_serves_training():
+    seeded(17)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    import autosnn
+    autosnn._FANOUT.clear()
+    with torch.inference_mode():
+        net(x, energy=True)
+    out, stats = net(x, energy=True)                 # the cached fan-outs in a graph-building forward
+    rate_loss(out, torch.tensor([0, 1]), 2).backward()
+    assert stats.sops.sum() > 0 and not stats.sops.requires_grad
+
+
+def test_bf16_autocast_keeps_membranes_bn_and_counts_in_float32():
+    seeded(18)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    seen = []
+    for m in net.modules():
+        if isinstance(m, (Neuron, TimeBatchNorm)):
+            m.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__, o.dtype)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, stats = net(x, energy=True)
+    rate_loss(out.float(), torch.tensor([0, 1]), 2).backward()
+    assert {d for _, d in seen} == {torch.float32} and len(seen) > 10
+    assert stats.counts.dtype == torch.float64 and stats.spikes > 0
+    assert all(b.dtype in (torch.float32, torch.int64) for b in net.buffers())
+    assert net.stem.n1.w.grad is not None
+
+
+def test_compiled_network_spikes_equal_eager():
+    """torch.compile of the neuron layers (CPU inductor): the same spikes as eager, bit for bit."""
+    import autosnn
+    seeded(19)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    eager = copy.deepcopy(net)
+    lines = []
+    autosnn.compile_network(net, log=lines.append)
+    assert len(lines) == 1
+    if "unavailable" in lines[0]:
+        pytest.skip(lines[0])
+    assert list(net.state_dict()) == list(eager.state_dict())
+    x = torch.randn(2, 3, 32, 32) * 2
+    oa, sa = net(x)
+    ob, sb = eager(x)
+    assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts) and sa.spikes > 0
+    rate_loss(oa, torch.tensor([0, 1]), 2).backward()
+    rate_loss(ob, torch.tensor([0, 1]), 2).backward()
+    assert torch.allclose(net.stem.n1.w.grad, eager.stem.n1.w.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5, tau0=3.0),
+    lambda: SpikingNetwork("SNN_2_4", num_classes=4, T=2, input_shape=(2, 2, 32, 32), neuron="lif"),
+    lambda: __import__("baselines").HandcraftedSNN("resnet19-zheng", 3, T=2, width=4),
+])
+def test_saved_network_round_trip(tmp_path, make):
+    import autosnn
+    seeded(20)
+    net = make()
+    event = net.input_shape[0] == 2
+    x = torch.rand(2, 2, 2, 32, 32) * 2 if event else torch.randn(2, 3, 32, 32)
+    arch = None if getattr(net, "arch", None) is not None or not hasattr(net, "backbone") else AUTOSNN
+    net(x, arch)                                      # move BN statistics off their init
+    net.eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    name = "supernet_model.pt" if arch is not None else "model.pt"
+    autosnn.save_model(net, run / name)
+    doc = torch.load(run / name, weights_only=True)
+    assert doc["format"] == "autosnn-model" and doc["version"] == 1 and doc["spec"] == net.spec()
+    for path in (run / name, run):
+        back = SpikingNetwork.load(path, supernet=arch is not None)
+        assert not back.training and type(back) is type(net)
+        with torch.no_grad():
+            (o1, s1), (o2, s2) = net(x, arch), back(x, arch)
+        assert torch.equal(o1, o2) and torch.equal(s1.counts, s2.counts)
+
+
+def test_load_errors(tmp_path):
+    from files import AutoSNNError
+    with pytest.raises(AutoSNNError, match="model.pt"):
+        SpikingNetwork.load(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"junk")
+    with pytest.raises(AutoSNNError, match="not a readable model file"):
+        SpikingNetwork.load(tmp_path)
+    torch.save({"a": 1}, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match="not an AutoSNN model file"):
+        SpikingNetwork.load(tmp_path / "model.pt")
