@@ -19,13 +19,12 @@ population and spike definition as an AutoSNN child network, and the same forwar
 network runs once per image (direct encoding), as in AutoSNN. Unlike the original ResNet
 baselines, which ran T-1 time steps, all T steps run.
 """
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 
-from autosnn import (POPULATION, SRB, AvgPoolNeuron, Conv, ConvBN, Linear, MaxPool, Neuron, SpikeStats,
-                     Stem, Trace)
+from autosnn import (POPULATION, SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool, SpikeStats, Stem, Trace,
+                     check_input, neuron_factory, recording)
+from files import AutoSNNError
 
 BASELINES = {
     # name: (default width, input kind, layer list as (kind, width multiple, stride), hidden FC widths)
@@ -52,19 +51,9 @@ class ConvBNNeuron(nn.Module):
         super().__init__()
         self.cb, self.n1 = ConvBN(cin, cout, 3, stride), neuron()
 
-    def forward(self, x, trace):
-        return self.n1(self.cb(x, trace), trace)
-
-
-class GlobalPoolNeuron(nn.Module):
-    """Spiking global average pool: [T, B, C, H, W] -> [T, B, C, 1, 1]."""
-
-    def __init__(self, neuron):
-        super().__init__()
-        self.n1 = neuron()
-
-    def forward(self, x, trace):
-        return self.n1(x.mean(dim=(3, 4), keepdim=True), trace)
+    def forward(self, x):
+        x = self.cb(x)
+        return self.n1(x)
 
 
 class HandcraftedSNN(nn.Module):
@@ -75,22 +64,25 @@ class HandcraftedSNN(nn.Module):
                  neuron: str = "plif", tau0: float = 2.0, v_th: float = 1.0, alpha: float = 2.0):
         super().__init__()
         if name not in BASELINES:
-            raise ValueError(f"unknown model {name!r}; valid: {', '.join(BASELINES)}")
+            raise AutoSNNError(f"unknown model {name!r}; valid: {', '.join(BASELINES)}")
         C, stem_kind, layers, hidden = BASELINES[name]
         C = width or C
         shape = tuple(input_shape)[-3:]
         want = (3, 32, 32) if stem_kind == "static" else (2, 128, 128)
         if shape != want:
-            raise ValueError(f"{name} takes input {want}, not {shape}")
+            raise AutoSNNError(f"{name} takes input {want}, not {shape}")
         if not (isinstance(T, int) and T >= 1) or neuron == "ann":
-            raise ValueError(f"baselines are spiking networks with T >= 1 (got T={T!r}, neuron={neuron!r})")
+            raise AutoSNNError(f"baselines are spiking networks with T >= 1 (got T={T!r}, neuron={neuron!r})")
+        try:
+            make_neuron = neuron_factory(neuron, tau0, v_th, alpha)
+        except ValueError as e:
+            raise AutoSNNError(str(e)) from None
+        self.options = {"name": name, "num_classes": num_classes, "T": T, "input_shape": list(shape),
+                        "width": width, "neuron": neuron, "tau0": tau0, "v_th": v_th, "alpha": alpha}
         if name == "dvs-cifarnet-fang" and num_classes == 11:       # DVS128-Gesture: one more conv + pool
             layers = layers + [("c", 1, 1), ("m",)]
         self.name, self.T, self.num_classes, self.input_shape, self.neuron = name, T, num_classes, shape, neuron
         self.arch = None
-
-        def make_neuron():
-            return Neuron(neuron, tau0, v_th, alpha)
 
         self.stem = Stem(stem_kind, shape[0], C, make_neuron)
         side, cin, body = (shape[1] // 4 if stem_kind == "event128" else shape[1]), C, []
@@ -109,25 +101,26 @@ class HandcraftedSNN(nn.Module):
                 side //= 2
         self.layers = nn.ModuleList(body)
         widths = [cin * side * side] + [C * h for h in hidden] + [num_classes * POPULATION]
-        self.fcs = nn.ModuleList(Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.fcs = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:]))
         self.fc_neurons = nn.ModuleList(make_neuron() for _ in self.fcs)
-        for n, m in self.named_modules():
-            if isinstance(m, (Neuron, MaxPool, Conv, Linear)):
-                m.tag = n
+        self.to(memory_format=torch.channels_last)
+
+    def spec(self) -> dict:
+        """Everything needed to rebuild this network (autosnn.build_from_spec)."""
+        return {"kind": "baseline", **self.options}
 
     def forward(self, x: torch.Tensor, arch=None, energy: bool = False):
         if arch is not None:
-            raise ValueError(f"{self.name} is a fixed network: it takes no architecture")
-        want = (self.T, *self.input_shape) if self.stem.kind.startswith("event") else self.input_shape
-        if tuple(x.shape[1:]) != want:
-            raise ValueError(f"input of shape {tuple(x.shape)} does not fit {self.name}: expected [B, "
-                             f"{', '.join(map(str, want))}]")
+            raise AutoSNNError(f"{self.name} is a fixed network: it takes no architecture")
+        check_input(x, self.T, self.input_shape, self.stem.kind.startswith("event"), self.name)
         trace = Trace(energy=energy)
         h = self.stem(self.stem.encode(x, self.T, trace), trace)
-        for layer in self.layers:
-            h = layer(h, trace)
-        h = h.flatten(2)
-        for fc, n in zip(self.fcs, self.fc_neurons):
-            h = n(fc(h, trace), trace)
+        with recording(trace, self.layers, "layers"), recording(trace, self.fcs, "fcs"), \
+                recording(trace, self.fc_neurons, "fc_neurons"):
+            for layer in self.layers:
+                h = layer(h)
+            h = h.flatten(2)
+            for fc, n in zip(self.fcs, self.fc_neurons):
+                h = n(fc(h))
         out = h.unflatten(2, (self.num_classes, POPULATION)).mean(3).sum(0)
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)

@@ -4,6 +4,8 @@
     python bench.py --device cuda --batch 96          # on a GPU
     python bench.py --json                            # the same figures as JSON
     python bench.py --quick --json                    # a few seconds: the test suite runs this
+    python bench.py --compile                         # neurons compiled (autosnn.compile_network)
+    python bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
 
 Figures, each the median of --reps timed repetitions after --warmup untimed ones:
   train img/s     forward + backward + Adam step, train mode
@@ -18,10 +20,15 @@ Figures, each the median of --reps timed repetitions after --warmup untimed ones
   memory          saved MiB: the tensors autograd keeps for one training step's backward (what grows
                   with T and the batch); CUDA max allocated per measurement; the process's peak RSS
   scaling         train/eval img/s and memory for T in --scale-T, and for batch sizes in --scale-batch
+  agreement       with --compile or --amp: the child network in eval mode against plain eager fp32 on
+                  the same batch: the fraction of neuron outputs (units x steps) that differ, the
+                  relative change in spikes per image, and the fraction of images with the same
+                  prediction. (Threshold units turn any rounding difference into a spike or none.)
+  first step s    with --compile: the first training step, which compiles (compile time)
 """
-from __future__ import annotations
-
 import argparse
+import contextlib
+import copy
 import json
 import random
 import statistics
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from autosnn import SpikingNetwork, rate_loss
+from autosnn import Neuron, SpikingNetwork, compile_network, predict, rate_loss
 from evolve import Search, SearchConfig, evaluate_pool
 from search_space import resolve_arch, sample_arch
 from train import tune_cpu_allocator
@@ -49,7 +56,7 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_mib(device) -> float | None:
+def peak_mib(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
@@ -90,32 +97,71 @@ def saved_mib(net, x, arch) -> float:
     return sum(storages.values()) / 2**20
 
 
-def speed(net, x, y, make_path, device, reps, warmup, stepwise=False) -> dict:
+def speed(net, x, y, make_path, device, reps, warmup, stepwise=False, amp=None) -> dict:
     """Train and eval images/s of `net`; make_path() gives a fresh path chooser (the same sequence
-    of architectures for every form compared)."""
+    of architectures for every form compared). amp: a dtype for torch.autocast, or None."""
     forward = net.forward_stepwise if stepwise else net.forward
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     path = make_path()
 
+    def autocast():
+        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
     def train_step():
         opt.zero_grad(set_to_none=True)
-        out, _ = forward(x, path())
-        rate_loss(out, y, net.T).backward()
+        with autocast():
+            out, _ = forward(x, path())
+        rate_loss(out.float(), y, net.T).backward()
         opt.step()
 
     def eval_step():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             forward(x, path())
 
     net.train()
     reset_peak(device)
+    sync(device)
+    t0 = time.perf_counter()
+    train_step()                              # the first step (compiles, with --compile)
+    sync(device)
+    first = time.perf_counter() - t0
     t_train = timed(train_step, device, reps, warmup)
     peak = peak_mib(device) if device.type == "cuda" else None
     net.eval()
     path = make_path()
     t_eval = timed(eval_step, device, reps, warmup)
     return {"train_img_s": len(x) / t_train, "eval_img_s": len(x) / t_eval,
-            "train_saved_mib": saved_mib(net, x, make_path()()), "train_peak_mib": peak}
+            "train_saved_mib": saved_mib(net, x, make_path()()), "train_peak_mib": peak,
+            "first_step_s": first}
+
+
+def neuron_outputs(net, x, amp=None) -> tuple:
+    """(out [B, K], every neuron layer's output spikes) of one eval forward."""
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
+             for m in net.modules() if isinstance(m, Neuron)]
+    net.eval()
+    try:
+        with torch.inference_mode(), (torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext()):
+            out, _ = net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out.float(), outputs
+
+
+def agreement(net, reference, x, amp=None) -> dict:
+    """How far `net` (compiled and/or under autocast `amp`) is from `reference` (eager fp32) on one
+    batch, in eval mode: fraction of neuron outputs that differ, relative change of spikes per image,
+    fraction of images with the same prediction."""
+    out, spikes = neuron_outputs(net, x, amp)
+    ref_out, ref_spikes = neuron_outputs(reference, x)
+    differ = sum(int((a != b).sum()) for a, b in zip(spikes, ref_spikes))
+    units = sum(a.numel() for a in ref_spikes)
+    total, ref_total = sum(float(a.sum()) for a in spikes), sum(float(a.sum()) for a in ref_spikes)
+    return {"images": len(x), "differing_spike_fraction": differ / units,
+            "spike_count_change": (total - ref_total) / max(ref_total, 1.0),
+            "same_prediction_fraction": float((predict(out) == predict(ref_out)).float().mean())}
 
 
 def evolution_pool(backbone, pool: int, seed: int = 0) -> list:
@@ -167,6 +213,12 @@ def run(args) -> dict:
     child = SpikingNetwork(args.backbone, 10, resolve_arch(args.arch, args.backbone), args.T).to(device)
     sup = SpikingNetwork(args.backbone, 10, None, args.T).to(device)
     x, y = inputs(child, args.batch, device, g)
+    amp = {"bf16": torch.bfloat16, "none": None}[args.amp]
+    eager_child = copy.deepcopy(child)
+    notes = []
+    if args.compile:
+        for net in (child, sup):
+            compile_network(net, log=notes.append)
 
     def fixed():
         return lambda: None
@@ -178,9 +230,11 @@ def run(args) -> dict:
     res = {"config": {"backbone": args.backbone, "arch": str(child.arch), "T": args.T, "batch": args.batch,
                       "device": str(device), "threads": torch.get_num_threads(), "reps": args.reps,
                       "allocator_tuning": device.type == "cpu" and not args.no_allocator_tuning,
-                      "torch": torch.__version__}}
+                      "torch": torch.__version__, "compile": args.compile, "amp": args.amp, "notes": notes}}
+    if args.compile or amp is not None:
+        res["agreement"] = agreement(child, eager_child, x, amp)
     for name, net, path in (("child", child, fixed), ("supernet", sup, random_path)):
-        ours = speed(net, x, y, path, device, args.reps, args.warmup)
+        ours = speed(net, x, y, path, device, args.reps, args.warmup, amp=amp)
         ref = speed(net, x, y, path, device, args.reps, args.warmup, stepwise=True)
         res[name] = {**ours, "stepwise": ref,
                      "train_ratio": ours["train_img_s"] / ref["train_img_s"],
@@ -191,23 +245,28 @@ def run(args) -> dict:
     res["scale_T"] = []
     for T in args.scale_T:
         net = SpikingNetwork(args.backbone, 10, child.arch, T).to(device)
-        row = {"T": T, **speed(net, x, y, fixed, device, args.reps, args.warmup)}
+        if args.compile:
+            compile_network(net, log=lambda line: None)
+        row = {"T": T, **speed(net, x, y, fixed, device, args.reps, args.warmup, amp=amp)}
         net.checkpoint = True
-        ck = speed(net, x, y, fixed, device, args.reps, args.warmup)
+        ck = speed(net, x, y, fixed, device, args.reps, args.warmup, amp=amp)
         row["checkpointed"] = {k: ck[k] for k in ("train_img_s", "train_saved_mib", "train_peak_mib")}
         res["scale_T"].append(row)
     res["scale_batch"] = []
     for b in args.scale_batch:
         xb, yb = inputs(child, b, device, g)
-        res["scale_batch"].append({"batch": b, **speed(child, xb, yb, fixed, device, args.reps, args.warmup)})
+        res["scale_batch"].append({"batch": b, **speed(child, xb, yb, fixed, device, args.reps, args.warmup,
+                                                       amp=amp)})
     res["process_peak_rss_mib"] = peak_mib(torch.device("cpu"))
     return res
 
 
 def table(res: dict) -> str:
     c = res["config"]
+    form = " ".join(w for w, on in (("compiled neurons", c["compile"]), (f"autocast {c['amp']}", c["amp"] != "none"))
+                    if on) or "eager fp32"
     lines = [f"{c['backbone']} {c['arch']}, T={c['T']}, batch {c['batch']}, {c['device']}, {c['threads']} threads, "
-             f"torch {c['torch']} (medians of {c['reps']})", "",
+             f"torch {c['torch']}, {form} (medians of {c['reps']})", *c["notes"], "",
              f"{'':10} {'train img/s':>12} {'stepwise':>10} {'ratio':>6}   {'eval img/s':>11} {'stepwise':>10} "
              f"{'ratio':>6}   {'saved MiB':>9}"]
     for name in ("child", "supernet"):
@@ -215,6 +274,13 @@ def table(res: dict) -> str:
         lines.append(f"{name:10} {r['train_img_s']:12.1f} {r['stepwise']['train_img_s']:10.1f} "
                      f"{r['train_ratio']:6.2f}   {r['eval_img_s']:11.1f} {r['stepwise']['eval_img_s']:10.1f} "
                      f"{r['eval_ratio']:6.2f}   {r['train_saved_mib']:9.0f}")
+    lines.append(f"first training step (compiles with --compile): child {res['child']['first_step_s']:.1f} s, "
+                 f"super-network {res['supernet']['first_step_s']:.1f} s")
+    if "agreement" in res:
+        a = res["agreement"]
+        lines.append(f"agreement with eager fp32 (child, eval, {a['images']} images): "
+                     f"{100 * a['differing_spike_fraction']:.4f}% of neuron outputs differ, spikes per image "
+                     f"{100 * a['spike_count_change']:+.4f}%, same prediction on {100 * a['same_prediction_fraction']:.1f}%")
     s = res["search"]
     lines += ["", f"search: pool of {s['pool']} on {s['images']} images, scaled to {VAL_IMAGES:,}: "
                   f"{s['archs_per_min']:.2f} architectures/min together (shared prefixes) vs "
@@ -249,6 +315,9 @@ def main(argv=None) -> int:
     p.add_argument("--search-images", type=int, default=256, help="validation images timed (default 256)")
     p.add_argument("--scale-T", type=int, nargs="*", default=[2, 4, 8, 16], help="T values (default 2 4 8 16)")
     p.add_argument("--scale-batch", type=int, nargs="*", default=[16, 32, 64, 96], help="batch sizes")
+    p.add_argument("--compile", action="store_true", help="compile the neuron layers (autosnn.compile_network)")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="run forwards under torch.autocast in bf16 (default none)")
     p.add_argument("--no-allocator-tuning", action="store_true",
                    help="leave glibc's allocator thresholds as they are (train.py raises them)")
     p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")

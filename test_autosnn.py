@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autosnn import (MaxPool, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm,
-                     _charge_fire_reset, count_parameters, predict, rate_loss)
+from autosnn import (Conv, MaxPool, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm, Trace, atan_surrogate,
+                     count_parameters, predict, rate_loss, recording)
 from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout,
                           get_backbone, parse_arch, resolve_arch, sample_arch)
 
@@ -27,11 +27,20 @@ def seeded(seed=0):
 # ---------------------------------------------------------------------------------------------
 
 def trajectory(kind, xs, **kw):
-    """Membrane before reset and spikes of a single neuron driven by the scalar sequence xs."""
+    """Membrane before reset and spikes of a single neuron driven by the scalar sequence xs,
+    from Neuron.step; the spikes of Neuron.forward (with and without autograd) must agree."""
     n = Neuron(kind, **kw)
     x = torch.tensor(xs, dtype=torch.float64).view(-1, 1)
-    h = _charge_fire_reset(x, n.leak(), n.v_th)
-    return h.view(-1).tolist(), n(x).view(-1).tolist()
+    v, h, s = torch.zeros(1, dtype=torch.float64), [], []
+    for x_t in x:
+        k = n.leak()
+        h.append((v + x_t if k is None else v + (x_t - v) * k).item())     # before reset
+        s_t, v = n.step(x_t, v)
+        s.append(s_t.item())
+    with torch.no_grad():
+        assert n(x).view(-1).tolist() == s
+    assert n(x.requires_grad_()).view(-1).tolist() == s
+    return h, s
 
 
 def test_if_golden():
@@ -85,25 +94,69 @@ def test_surrogate_values(x, alpha, grad):
     assert t.grad.item() == pytest.approx(grad)
 
 
+def hand_backward(x, g, k, v_th, alpha):
+    """dL/dx and dL/dk of L = sum(g * s) by backpropagation through time written out by hand
+    (float64), for the neuron v = v' + (x - v') * k (k None: v = v' + x), s = H(v - v_th),
+    v' = v * (1 - s) with s detached. With c = dL/dv'[t] carried back from step t+1:
+        e = dL/ds[t] * surrogate(v[t] - v_th) + c * (1 - s[t]);  dL/dx[t] = e * k;  c <- e * (1 - k)
+        dL/dk = sum_t e * (x[t] - v'[t-1])"""
+    T = x.shape[0]
+    vs, hs, v = [], [], torch.zeros_like(x[0])
+    for t in range(T):
+        vs.append(v)
+        h = v + x[t] if k is None else v + (x[t] - v) * k
+        hs.append(h)
+        v = h * (h < v_th).to(h.dtype)
+    gx, gk, c = torch.zeros_like(x), 0.0, torch.zeros_like(x[0])
+    for t in reversed(range(T)):
+        e = g[t] * atan_surrogate(hs[t] - v_th, alpha) + c * (hs[t] < v_th).to(x.dtype)
+        gx[t] = e if k is None else e * k
+        c = e if k is None else e * (1 - k)
+        gk = gk + (e * (x[t] - vs[t])).sum()
+    return gx, gk
+
+
 @pytest.mark.parametrize("kind", ["plif", "lif", "if"])
-def test_fused_neuron_matches_autograd_steps(kind):
-    """MultiStepNeuron's hand-written backward through time == autograd through Neuron.step."""
+def test_neuron_gradients_match_hand_written_bptt(kind):
+    """Autograd through Neuron.forward == backpropagation through time written out by hand."""
     seeded(1)
-    n = Neuron(kind, tau0=3.0, alpha=3.0)
+    n = Neuron(kind, tau0=3.0, alpha=3.0).double()
+    if kind == "plif":
+        with torch.no_grad():
+            n.w.fill_(0.3)                                  # k off 0.5
     x = (torch.randn(6, 3, 5, dtype=torch.float64) * 1.5).requires_grad_()
     g = torch.randn(6, 3, 5, dtype=torch.float64)
     s = n(x)
     grads = torch.autograd.grad((s * g).sum(), [x] + list(n.parameters()))
-    v, ref = torch.zeros_like(x[0]), []
-    for t in range(6):
-        st, v = n.step(x[t], v)
-        ref.append(st)
-    ref = torch.stack(ref)
-    ref_grads = torch.autograd.grad((ref * g).sum(), [x] + list(n.parameters()))
-    assert torch.equal(s, ref) and 0 < s.sum() < s.numel()
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, atol=1e-12)
-    assert grads[0].abs().sum() > 0
+    k = n.leak()
+    gx, gk = hand_backward(x.detach(), g, None if k is None else (k.detach() if kind == "plif" else k),
+                           n.v_th, n.alpha)
+    assert 0 < s.sum() < s.numel()
+    assert torch.allclose(grads[0], gx, atol=1e-12) and grads[0].abs().sum() > 0
+    if kind == "plif":                                      # dL/dw = dL/dk * k (1 - k)
+        assert torch.allclose(grads[1], gk * k * (1 - k), atol=1e-12)
+
+
+def step_by_step(n, x):
+    v, out = torch.zeros_like(x[0]), []
+    for x_t in x:
+        s, v = n.step(x_t, v)
+        out.append(s)
+    return torch.stack(out)
+
+
+def test_neuron_forward_is_its_step_loop_bit_for_bit():
+    """float32, k off 0.5, inputs crowding the threshold: the same spikes, train and no_grad."""
+    seeded(14)
+    n = Neuron("plif")
+    with torch.no_grad():
+        n.w.fill_(0.8137)
+    x = torch.rand(8, 64, 257) * 2.2
+    ref = step_by_step(n, x)
+    assert torch.equal(n(x), ref)
+    with torch.no_grad():
+        assert torch.equal(n(x), ref)
+    assert 0.05 < ref.mean() < 0.95
 
 
 def test_neuron_keeps_no_state():
@@ -386,10 +439,9 @@ def test_spike_stats_equal_manual_recount():
 
 def test_large_counts_are_exact():
     # 2 * 4097 * 4097 = 33,570,818 spikes: not representable in float32 (spacing 4 at 2^25)
-    from autosnn import Trace
     spikes = torch.ones(1, 1, 1).expand(2, 4097, 4097)
     tr = Trace()
-    tr.record(Neuron(), spikes, "neuron")
+    tr.record("neuron", spikes, "neuron")
     assert tr.counts["neuron"].item() == 33_570_818
 
 
@@ -455,24 +507,25 @@ def test_rate_loss_and_ties():
 # ---------------------------------------------------------------------------------------------
 
 def test_synaptic_ops_hand_count():
-    from autosnn import Conv, Linear, Trace
+    def count(layer, x):
+        tr = Trace(energy=True)
+        with recording(tr, layer, "conv"):
+            layer(x)
+        return tr
+
     conv = Conv(1, 2, 3)                       # 3x3, padding 1, on 4x4: corner reaches 4 outputs,
     x = torch.zeros(1, 1, 1, 4, 4)             # edge 6, interior 9 (per output channel)
     x[..., 0, 0] = x[..., 0, 2] = x[..., 2, 2] = 1
-    tr = Trace(energy=True)
-    conv(x, tr)
+    tr = count(conv, x)
     assert tr.sops["conv"].item() == 2 * (4 + 6 + 9)
     assert tr.macs["conv"] == 2 * 16 * 9       # dense: 2 channels x 16 outputs x 9 inputs each
     strided = Conv(1, 3, 1, stride=2)          # 1x1 stride 2: only even rows/cols are read
     x = torch.zeros(2, 1, 1, 4, 4)
     x[0, ..., 0, 0] = x[1, ..., 2, 2] = x[0, ..., 1, 1] = x[1, ..., 3, 0] = 1
-    tr = Trace(energy=True)
-    strided(x, tr)
+    tr = count(strided, x)
     assert tr.sops["conv"].item() == 3 * 2
-    fc = Linear(5, 7)
-    tr = Trace(energy=True)
-    fc(torch.tensor([[[1.0, 0, 1, 1, 0]]]), tr)
-    assert tr.sops["fc"].item() == 3 * 7 and tr.macs["fc"] == 35
+    tr = count(nn.Linear(5, 7, bias=False), torch.tensor([[[1.0, 0, 1, 1, 0]]]))
+    assert tr.sops["conv"].item() == 3 * 7 and tr.macs["conv"] == 35
 
 
 def test_energy_without_spikes_is_first_layer_only():
@@ -527,3 +580,134 @@ def test_activation_checkpointing_changes_nothing_but_memory():
             assert torch.allclose(a.grad, b.grad, atol=1e-12), n
     for (n, a), b in zip(net.named_buffers(), ck.buffers()):
         assert torch.equal(a, b), n                            # BN statistics updated once, not twice
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit-exact agreement in float32, compilation, mixed precision, saved networks
+# ---------------------------------------------------------------------------------------------
+
+def test_float32_spikes_equal_stepwise_on_events_and_after_adam():
+    """The multi-step forward and the original's one-step loop give the same spikes bit for bit in
+    float32: on 128x128 event input (the DVS stem) and after an Adam step has moved k off 0.5."""
+    seeded(15)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, input_shape=(2, 128, 128))
+    ref = copy.deepcopy(net)
+    x = (torch.rand(2, 2, 2, 128, 128) < 0.3).float() * torch.randint(1, 4, (2, 2, 2, 128, 128))
+    y = torch.tensor([0, 2])
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for step in range(2):
+        ref.load_state_dict(net.state_dict())            # same weights (and BN statistics) in both forms
+        oa, sa = net(x)
+        ob, sb = ref.forward_stepwise(x)
+        assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts), step
+        assert sa.spikes > 0
+        opt.zero_grad()
+        rate_loss(oa, y, 2).backward()
+        opt.step()
+    assert torch.sigmoid(ref.stem.n1.w).item() != 0.5      # the second comparison ran with k off 0.5
+
+
+def test_stats_are_detached_and_silent_layers_named():
+    seeded(16)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2)
+    out, stats = net(torch.randn(2, 3, 32, 32))
+    assert not stats.counts.requires_grad and out.requires_grad
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        float(stats.spikes)
+    assert stats.silent_layers() == [n for n, c in stats.summary()["per_layer"].items() if c == 0]
+    quiet = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=1e9)
+    _, s = quiet(torch.randn(2, 3, 32, 32))
+    assert s.silent_layers() == s.names and "stem.n1" in s.names
+
+
+def test_fanout_cache_from_inference_mode_serves_training():
+    seeded(17)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    import autosnn
+    autosnn._FANOUT.clear()
+    with torch.inference_mode():
+        net(x, energy=True)
+    out, stats = net(x, energy=True)                 # the cached fan-outs in a graph-building forward
+    rate_loss(out, torch.tensor([0, 1]), 2).backward()
+    assert stats.sops.sum() > 0 and not stats.sops.requires_grad
+
+
+def test_bf16_autocast_keeps_membranes_bn_and_counts_in_float32():
+    seeded(18)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    seen = []
+    for m in net.modules():
+        if isinstance(m, (Neuron, TimeBatchNorm)):
+            m.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__, o.dtype)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, stats = net(x, energy=True)
+    rate_loss(out.float(), torch.tensor([0, 1]), 2).backward()
+    assert {d for _, d in seen} == {torch.float32} and len(seen) > 10
+    assert stats.counts.dtype == torch.float64 and stats.spikes > 0
+    assert all(b.dtype in (torch.float32, torch.int64) for b in net.buffers())
+    assert net.stem.n1.w.grad is not None
+
+
+def test_compiled_network_spikes_equal_eager():
+    """torch.compile of the neuron layers (CPU inductor): the same spikes as eager, bit for bit."""
+    import autosnn
+    seeded(19)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    eager = copy.deepcopy(net)
+    lines = []
+    autosnn.compile_network(net, log=lines.append)
+    assert len(lines) == 1
+    if "unavailable" in lines[0]:
+        pytest.skip(lines[0])
+    assert list(net.state_dict()) == list(eager.state_dict())
+    x = torch.randn(2, 3, 32, 32) * 2
+    oa, sa = net(x)
+    ob, sb = eager(x)
+    assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts) and sa.spikes > 0
+    rate_loss(oa, torch.tensor([0, 1]), 2).backward()
+    rate_loss(ob, torch.tensor([0, 1]), 2).backward()
+    assert torch.allclose(net.stem.n1.w.grad, eager.stem.n1.w.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5, tau0=3.0),
+    lambda: SpikingNetwork("SNN_2_4", num_classes=4, T=2, input_shape=(2, 2, 32, 32), neuron="lif"),
+    lambda: __import__("baselines").HandcraftedSNN("resnet19-zheng", 3, T=2, width=4),
+])
+def test_saved_network_round_trip(tmp_path, make):
+    import autosnn
+    seeded(20)
+    net = make()
+    event = net.input_shape[0] == 2
+    x = torch.rand(2, 2, 2, 32, 32) * 2 if event else torch.randn(2, 3, 32, 32)
+    arch = None if getattr(net, "arch", None) is not None or not hasattr(net, "backbone") else AUTOSNN
+    net(x, arch)                                      # move BN statistics off their init
+    net.eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    name = "supernet_model.pt" if arch is not None else "model.pt"
+    autosnn.save_model(net, run / name)
+    doc = torch.load(run / name, weights_only=True)
+    assert doc["format"] == "autosnn-model" and doc["version"] == 1 and doc["spec"] == net.spec()
+    for path in (run / name, run):
+        back = SpikingNetwork.load(path, supernet=arch is not None)
+        assert not back.training and type(back) is type(net)
+        with torch.no_grad():
+            (o1, s1), (o2, s2) = net(x, arch), back(x, arch)
+        assert torch.equal(o1, o2) and torch.equal(s1.counts, s2.counts)
+
+
+def test_load_errors(tmp_path):
+    from files import AutoSNNError
+    with pytest.raises(AutoSNNError, match="model.pt"):
+        SpikingNetwork.load(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"junk")
+    with pytest.raises(AutoSNNError, match="not a readable model file"):
+        SpikingNetwork.load(tmp_path)
+    torch.save({"a": 1}, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match="not an AutoSNN model file"):
+        SpikingNetwork.load(tmp_path / "model.pt")
