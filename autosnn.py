@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from files import AutoSNNError, atomic_write
-from search_space import AVG_POOL, MAX_POOL, Arch, Backbone, check_candidate, get_backbone, parse_arch
+from search_space import AVG_POOL, MAX_POOL, Arch, check_candidate, get_backbone, parse_arch
 
 NEURONS = ("plif", "lif", "if", "ann")
 POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
@@ -77,6 +77,33 @@ class SpikeFn(torch.autograd.Function):
         return grad * atan_surrogate(x, ctx.alpha), None
 
 
+def neuron_step(x, v, k, v_th, alpha):
+    """One time step of the neuron: charge, fire, hard reset. x, v: [B, ...] -> (spikes s, membrane v').
+    k: the leak (0-dim tensor or float), or None for IF. The update is written once, here."""
+    v = v + x if k is None else v + (x - v) * k      # this order, not lerp: the original's rounding
+    s = SpikeFn.apply(v - v_th, alpha)
+    return s, v * (1 - s.detach())
+
+
+def neuron_loop(x, k, v_th, alpha):
+    """neuron_step for t = 0 .. T-1 from v = 0. x: [T, B, ...] input current -> spikes [T, B, ...]."""
+    v = torch.zeros_like(x[0])
+    spikes = []
+    for x_t in x:
+        s, v = neuron_step(x_t, v, k, v_th, alpha)
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_loop(v_th, alpha):
+    """neuron_loop under torch.compile, one compiled function per (v_th, alpha) shared by every layer:
+    after the first recompilation its shapes are dynamic, so a whole network compiles in a few graphs."""
+    def loop(x, k):
+        return neuron_loop(x, k, v_th, alpha)
+    return torch.compile(loop)
+
+
 class Neuron(nn.Module):
     """A layer of spiking neurons (PLIF default), or ReLU for the ANN ablation. x: [T, B, ...] -> same.
 
@@ -99,31 +126,24 @@ class Neuron(nn.Module):
             return torch.sigmoid(self.w)
         return 1.0 / self.tau0 if self.kind == "lif" else None
 
+    compiled = False     # set by compile_network: run the shared compiled loop
+
     def step(self, x, v):
         """One time step: charge, fire, hard reset. x, v: [B, ...] -> (spikes s, membrane after reset v')."""
-        k = self.leak()
-        v = v + x if k is None else v + (x - v) * k      # this order, not lerp: the original's rounding
-        s = SpikeFn.apply(v - self.v_th, self.alpha)
-        return s, v * (1 - s.detach())
+        return neuron_step(x, v, self.leak(), self.v_th, self.alpha)
 
     def forward(self, x):
         if self.kind == "ann":
             return F.relu(x)
         x = _float32_at_least(x)                        # the membrane integrates in float32 under autocast
+        if self.compiled:
+            return compiled_loop(self.v_th, self.alpha)(x, self.leak())
         if not torch.is_grad_enabled():
             return self._no_grad_forward(x)
-        # Keep only x for backward and run the loop again there: the loop's intermediates
+        # Keep only x (and k) for backward and run the loop again there: the loop's intermediates
         # (x - v, v - V_th, 1 - s at every step) would otherwise triple the neuron's memory.
-        return torch.utils.checkpoint.checkpoint(self.loop, x, use_reentrant=False, preserve_rng_state=False)
-
-    def loop(self, x):
-        """s[t], v[t] = step(x[t], v[t-1]) for t = 0 .. T-1, from v = 0. x: [T, B, ...] -> spikes [T, B, ...]."""
-        v = torch.zeros_like(x[0])
-        spikes = []
-        for x_t in x:
-            s, v = self.step(x_t, v)
-            spikes.append(s)
-        return torch.stack(spikes)
+        return torch.utils.checkpoint.checkpoint(neuron_loop, x, self.leak(), self.v_th, self.alpha,
+                                                 use_reentrant=False, preserve_rng_state=False)
 
     def _no_grad_forward(self, x):
         """The same arithmetic as `step`, in place, for evaluation (no graph to build)."""
@@ -840,12 +860,15 @@ def load_model(path, supernet: bool = False, map_location="cpu") -> nn.Module:
 
 
 def compile_network(net: nn.Module, log=print) -> nn.Module:
-    """torch.compile every neuron layer of `net`, in place (state_dict keys unchanged).
+    """Run every neuron layer of `net` through the compiled loop (`compiled_loop`), in place
+    (state_dict keys unchanged).
 
     The neurons' loops over T are where eager mode pays most (many small element-wise ops); convs
-    and BN already run as library kernels. Compiling per layer rather than the whole forward keeps
-    the super-network usable (its path changes every batch) and the counting hooks outside the
-    compiled code. The first batches compile (slow: the caller sees it in its first-step time).
+    and BN already run as library kernels. Compiling the neuron loop rather than the whole forward
+    keeps the super-network usable (its path changes every batch) and the counting hooks outside
+    the compiled code; all layers share one compiled function, so the first batches compile a few
+    graphs, not one per layer (the caller sees it in its first-step time). The compiled backward
+    keeps what the compiler's partitioner chooses, with no activation checkpoint around it.
     Without a working compiler, logs one line and leaves the network eager."""
     neurons = [m for m in net.modules() if isinstance(m, Neuron) and m.kind != "ann"]
     try:
@@ -855,10 +878,8 @@ def compile_network(net: nn.Module, log=print) -> nn.Module:
     except Exception as e:                                      # no C++ compiler, no triton, ...
         log(f"torch.compile unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]}): running eager")
         return net
-    # one compiled function per layer shape at most; raise dynamo's per-function limit to cover them
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(neurons))
     for m in neurons:
-        m.forward = torch.compile(m.forward)
+        m.compiled = True
     log(f"compiled {len(neurons)} neuron layers with torch.compile (probe {probe:.1f} s; "
         "the first batches of each shape compile, later ones run compiled)")
     return net

@@ -12,7 +12,7 @@ makes it fail (issue 10's mutation exercise; issue 12's gap-filling tests).
     BN recalibration not a cumulative average        test_recalibrate_bn_is_cumulative_average
     PLIF differs from spikingjelly's                 test_plif_golden_spikingjelly
 
-Only public behaviour is used: Neuron(x) and Neuron.step, blocks called as block(x, None),
+Only public behaviour is used: Neuron(x) and Neuron.step, blocks called as block(x),
 SpikingNetwork's forward and SpikeStats, evolve's Search, and train.main.
 """
 import json
@@ -270,7 +270,7 @@ def test_srb_shortcut_joins_current(stride):
     block.eval()
     x = torch.tensor([1.0, 0.0, 1.0, 1.0]).view(4, 1, 1, 1, 1)
     with torch.no_grad():
-        y = block(x, None)
+        y = block(x)
     assert y.view(-1).tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
