@@ -136,10 +136,10 @@ class Neuron(nn.Module):
         if self.kind == "ann":
             return F.relu(x)
         x = _float32_at_least(x)                        # the membrane integrates in float32 under autocast
-        if self.compiled:
-            return compiled_loop(self.v_th, self.alpha)(x, self.leak())
         if not torch.is_grad_enabled():
             return self._no_grad_forward(x)
+        if self.compiled:
+            return compiled_loop(self.v_th, self.alpha)(x, self.leak())
         # Keep only x (and k) for backward and run the loop again there: the loop's intermediates
         # (x - v, v - V_th, 1 - s at every step) would otherwise triple the neuron's memory.
         return torch.utils.checkpoint.checkpoint(neuron_loop, x, self.leak(), self.v_th, self.alpha,
@@ -860,8 +860,9 @@ def load_model(path, supernet: bool = False, map_location="cpu") -> nn.Module:
 
 
 def compile_network(net: nn.Module, log=print) -> nn.Module:
-    """Run every neuron layer of `net` through the compiled loop (`compiled_loop`), in place
-    (state_dict keys unchanged).
+    """Run every neuron layer of `net` through the compiled loop (`compiled_loop`) in training, in
+    place (state_dict keys unchanged). Evaluation keeps the in-place no-grad loop: it is already one
+    pass per step, and inductor's C++ build of the no-grad graph took over ten minutes here.
 
     The neurons' loops over T are where eager mode pays most (many small element-wise ops); convs
     and BN already run as library kernels. Compiling the neuron loop rather than the whole forward
