@@ -6,6 +6,7 @@
     python bench.py --quick --json                    # a few seconds: the test suite runs this
     python bench.py --compile                         # neurons compiled (autosnn.compile_network)
     python bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
+    python bench.py --end-to-end synthetic            # training fed by data.py vs one batch on the device
 
 Figures, each the median of --reps timed repetitions after --warmup untimed ones:
   train img/s     forward + backward + Adam step, train mode
@@ -20,7 +21,8 @@ Figures, each the median of --reps timed repetitions after --warmup untimed ones
   memory          saved MiB: the tensors autograd keeps for one training step's backward (what grows
                   with T and the batch); CUDA max allocated per measurement; the process's peak RSS
   scaling         train/eval img/s and memory for T in --scale-T, and for batch sizes in --scale-batch
-  agreement       with --compile or --amp: the child network in eval mode against plain eager fp32 on
+  agreement       with --compile or --amp: the child network (train mode with --compile, where the
+                  compiled neuron loop runs; else eval mode) against plain eager fp32 on
                   the same batch: the fraction of neuron outputs (units x steps) that differ, the
                   relative change in spikes per image, and the fraction of images with the same
                   prediction. (Threshold units turn any rounding difference into a spike or none.)
@@ -39,6 +41,7 @@ from pathlib import Path
 import torch
 
 from autosnn import Neuron, SpikingNetwork, compile_network, predict, rate_loss
+from data import load_dataset
 from evolve import Search, SearchConfig, evaluate_pool
 from search_space import resolve_arch, sample_arch
 from train import tune_cpu_allocator
@@ -135,14 +138,15 @@ def speed(net, x, y, make_path, device, reps, warmup, stepwise=False, amp=None) 
             "first_step_s": first}
 
 
-def neuron_outputs(net, x, amp=None) -> tuple:
-    """(out [B, K], every neuron layer's output spikes) of one eval forward."""
+def neuron_outputs(net, x, amp=None, train=False) -> tuple:
+    """(out [B, K], every neuron layer's output spikes) of one forward: eval mode under
+    inference_mode, or (train=True) train mode with autograd on, where compiled neurons run."""
     outputs = []
     hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
              for m in net.modules() if isinstance(m, Neuron)]
-    net.eval()
+    net.train(train)
     try:
-        with torch.inference_mode(), (torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext()):
+        with (torch.enable_grad() if train else torch.inference_mode()), (torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext()):
             out, _ = net(x)
     finally:
         for h in hooks:
@@ -150,18 +154,59 @@ def neuron_outputs(net, x, amp=None) -> tuple:
     return out.float(), outputs
 
 
-def agreement(net, reference, x, amp=None) -> dict:
+def agreement(net, reference, x, amp=None, train=False) -> dict:
     """How far `net` (compiled and/or under autocast `amp`) is from `reference` (eager fp32) on one
-    batch, in eval mode: fraction of neuron outputs that differ, relative change of spikes per image,
-    fraction of images with the same prediction."""
-    out, spikes = neuron_outputs(net, x, amp)
-    ref_out, ref_spikes = neuron_outputs(reference, x)
+    batch (in train mode for compiled neurons, which run compiled only with autograd on): fraction
+    of neuron outputs that differ, relative change of spikes per image, fraction of images with the
+    same prediction."""
+    out, spikes = neuron_outputs(net, x, amp, train)
+    ref_out, ref_spikes = neuron_outputs(reference, x, None, train)
     differ = sum(int((a != b).sum()) for a, b in zip(spikes, ref_spikes))
     units = sum(a.numel() for a in ref_spikes)
     total, ref_total = sum(float(a.sum()) for a in spikes), sum(float(a.sum()) for a in ref_spikes)
-    return {"images": len(x), "differing_spike_fraction": differ / units,
+    return {"images": len(x), "mode": "train" if train else "eval", "differing_spike_fraction": differ / units,
             "spike_count_change": (total - ref_total) / max(ref_total, 1.0),
             "same_prediction_fraction": float((predict(out) == predict(ref_out)).float().mean())}
+
+
+def end_to_end(args, device) -> dict:
+    """Training img/s of the child network fed by the real input pipeline (data.py: synthetic
+    CIFAR-sized images, or synthetic-dvs event frames with --T frames, batched, augmented and
+    normalised on the device, a new batch every step) against the same steps on one batch that is
+    already on the device, as the other figures are timed. Their ratio is what feeding costs."""
+    event = args.end_to_end == "synthetic-dvs"
+    ds = load_dataset(args.end_to_end, T=args.T, n_train=args.batch * (args.reps + args.warmup + 1), n_test=10)
+    net = SpikingNetwork(args.backbone, ds.num_classes, resolve_arch(args.arch, args.backbone), args.T,
+                         ds.input_shape).to(device)
+    if args.compile:
+        compile_network(net, log=lambda line: None)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train = ds.split("train")
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        out, _ = net(x)
+        rate_loss(out, y, net.T).backward()
+        opt.step()
+
+    def fed():
+        n, start = 0, None
+        batches = train.batches(args.batch, shuffle=True, generator=torch.Generator().manual_seed(0), device=device)
+        for i, (x, y) in enumerate(batches):
+            if i == args.warmup:
+                sync(device)
+                start, n = time.perf_counter(), 0
+            step(x, y)
+            n += len(y)
+        sync(device)
+        return n / (time.perf_counter() - start)
+
+    net.train()
+    fed_img_s = fed()
+    x, y = next(iter(train.batches(args.batch, device=device)))
+    on_device = args.batch / timed(lambda: step(x, y), device, args.reps, args.warmup)
+    return {"dataset": args.end_to_end, "event": event, "fed_train_img_s": fed_img_s,
+            "on_device_train_img_s": on_device, "ratio": fed_img_s / on_device}
 
 
 def evolution_pool(backbone, pool: int, seed: int = 0) -> list:
@@ -204,6 +249,12 @@ def inputs(net, batch, device, generator):
 
 def run(args) -> dict:
     device = torch.device(args.device)
+    if args.end_to_end:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return {"config": {"backbone": args.backbone, "T": args.T, "batch": args.batch, "device": str(device),
+                           "threads": torch.get_num_threads(), "torch": torch.__version__},
+                "end_to_end": end_to_end(args, device)}
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cpu" and not args.no_allocator_tuning:
@@ -232,7 +283,7 @@ def run(args) -> dict:
                       "allocator_tuning": device.type == "cpu" and not args.no_allocator_tuning,
                       "torch": torch.__version__, "compile": args.compile, "amp": args.amp, "notes": notes}}
     if args.compile or amp is not None:
-        res["agreement"] = agreement(child, eager_child, x, amp)
+        res["agreement"] = agreement(child, eager_child, x, amp, train=args.compile)
     for name, net, path in (("child", child, fixed), ("supernet", sup, random_path)):
         ours = speed(net, x, y, path, device, args.reps, args.warmup, amp=amp)
         ref = speed(net, x, y, path, device, args.reps, args.warmup, stepwise=True)
@@ -263,6 +314,11 @@ def run(args) -> dict:
 
 def table(res: dict) -> str:
     c = res["config"]
+    if "end_to_end" in res:
+        e = res["end_to_end"]
+        return (f"{c['backbone']} child, T={c['T']}, batch {c['batch']}, {c['device']}, {c['threads']} threads, "
+                f"torch {c['torch']}: training fed by data.py ({e['dataset']}) {e['fed_train_img_s']:.1f} img/s, "
+                f"on one batch already on the device {e['on_device_train_img_s']:.1f} img/s (ratio {e['ratio']:.2f})")
     form = " ".join(w for w, on in (("compiled neurons", c["compile"]), (f"autocast {c['amp']}", c["amp"] != "none"))
                     if on) or "eager fp32"
     lines = [f"{c['backbone']} {c['arch']}, T={c['T']}, batch {c['batch']}, {c['device']}, {c['threads']} threads, "
@@ -278,7 +334,7 @@ def table(res: dict) -> str:
                  f"super-network {res['supernet']['first_step_s']:.1f} s")
     if "agreement" in res:
         a = res["agreement"]
-        lines.append(f"agreement with eager fp32 (child, eval, {a['images']} images): "
+        lines.append(f"agreement with eager fp32 (child, {a['mode']}, {a['images']} images): "
                      f"{100 * a['differing_spike_fraction']:.4f}% of neuron outputs differ, spikes per image "
                      f"{100 * a['spike_count_change']:+.4f}%, same prediction on {100 * a['same_prediction_fraction']:.1f}%")
     s = res["search"]
@@ -320,6 +376,8 @@ def main(argv=None) -> int:
                    help="run forwards under torch.autocast in bf16 (default none)")
     p.add_argument("--no-allocator-tuning", action="store_true",
                    help="leave glibc's allocator thresholds as they are (train.py raises them)")
+    p.add_argument("--end-to-end", choices=("synthetic", "synthetic-dvs"), default=None,
+                   help="instead: training fed by data.py's batches against one batch on the device")
     p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
