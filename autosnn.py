@@ -199,10 +199,14 @@ class TimeBatchNorm(nn.BatchNorm2d):
     call for all steps. Runs in float32 under autocast (its buffers stay float32).
     """
 
+    nchw = False      # set by compile_network: normalise NCHW-contiguous steps (see there)
+
     def forward(self, x):
         x = _float32_at_least(x)
         if not self.training:
             return fold(super().forward, x)
+        if self.nchw:
+            x = x.contiguous()
         return torch.stack([super(TimeBatchNorm, self).forward(x_t) for x_t in x])
 
 
@@ -881,6 +885,11 @@ def compile_network(net: nn.Module, log=print) -> nn.Module:
         return net
     for m in neurons:
         m.compiled = True
+    # The compiled loop's backward returns NCHW-contiguous gradients; BN's backward on CPU was ~5x
+    # slower (most of a training step) when those met its channels_last input, so BN gets NCHW too.
+    for m in net.modules():
+        if isinstance(m, TimeBatchNorm):
+            m.nchw = True
     log(f"compiled {len(neurons)} neuron layers with torch.compile (probe {probe:.1f} s; "
         "the first batches of each shape compile, later ones run compiled)")
     return net
