@@ -144,7 +144,9 @@ def test_two_ranks_train_the_supernet_as_one_process(tmp_path):
             if k.endswith("running_var"):      # unbiased over B/2 vs B samples: n/(n-1) differs by < 1%
                 torch.testing.assert_close(two["state"][k], v, rtol=1e-2, atol=1e-5)
             else:
-                torch.testing.assert_close(two["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+                # Adam divides by sqrt(v): a weight whose gradient is near zero turns a rounding
+                # difference of the gradient sum into a visible step; 1e-4 is 3% of one step at lr 3e-3
+                torch.testing.assert_close(two["state"][k], v, rtol=1e-4, atol=1e-4, msg=k)
     # a candidate sampled nowhere keeps its initial weights on every rank (Adam never saw it)
     used = {(i, b) for p in one["paths"] for i, b in enumerate(p.split("-"))}
     untouched = [k for k in one["state"] if k.startswith("layers.") and ".weight" in k
