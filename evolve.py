@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import io
 import json
 import math
@@ -48,7 +47,7 @@ from pathlib import Path
 import torch
 
 from autosnn import SpikeStats, SpikingNetwork, Trace, predict
-from files import AutoSNNError, atomic_write
+from files import AutoSNNError, Parser, atomic_write
 from search_space import Arch, Backbone, parse_arch, resolve_arch, sample_arch
 
 
@@ -563,25 +562,6 @@ def export_run(run_dir) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: the message and a "did you mean" hint, not the whole usage.
-    (train.py has the same behaviour; the two could share one helper.)"""
-
-    def error(self, message):
-        options = set(self._option_string_actions)
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                options |= set(action.choices)
-        if message.startswith("unrecognized arguments:"):
-            words = message.split(":", 1)[1].replace("=", " ").split()
-        else:       # "argument cmd: invalid choice: 'rerenk' (choose from ...)"
-            words = message.split("invalid choice:", 1)[1].split()[:1] if "invalid choice:" in message else []
-        guesses = [m for w in words for m in difflib.get_close_matches(w.strip("'\""), sorted(options), n=1,
-                                                                       cutoff=0.6)]
-        hint = f"; did you mean {guesses[0]}?" if guesses else f" (see {self.prog} --help)"
-        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="evolve.py", description="Re-rank, plot or export a finished search.")

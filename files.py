@@ -11,6 +11,8 @@ survives an error or Ctrl-C (`remove_stale_temps` sweeps those left by a killed 
 `create_folder` makes a new folder with its first files in one rename, so a crash never leaves an
 empty or half-made run folder. Durability assumes a filesystem that honours fsync and rename order.
 """
+import argparse
+import difflib
 import errno
 import os
 import shutil
@@ -21,6 +23,26 @@ TEMP_MARK = ".tmp-"      # temporary names: .<name>.tmp-<pid>
 
 class AutoSNNError(ValueError):
     """A mistake the user can fix. Printed as one line by the command lines (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, without the usage text, with a "did you mean" for a
+    misspelled option or sub-command (train.py's and evolve.py's command lines)."""
+
+    def error(self, message):
+        names = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                names |= set(action.choices)
+        if "invalid choice:" in message:        # "argument cmd: invalid choice: 'rerenk' (choose from ...)"
+            words = message.split("invalid choice:", 1)[1].split()[:1]
+        else:                                   # "unrecognized arguments: --lamm 1", "argument --T: ..."
+            words = [w.split("=")[0] for w in message.replace(":", " ").split() if w.startswith("--")]
+        words = [w.strip("'\",") for w in words]
+        guesses = [g for w in words if w not in names
+                   for g in difflib.get_close_matches(w, sorted(names), n=1, cutoff=0.6)]
+        hint = f"; did you mean {guesses[0]}?" if guesses else ""
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 
 def _fsync_dir(folder: Path) -> None:

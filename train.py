@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import errno
 import itertools
 import json
@@ -55,7 +54,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from data import DATASETS, load_dataset
     from evolve import (Search, SearchConfig, csv_text, evaluate_archs, evaluate_model, plot_run, run_search,
                         write_history)
-    from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, remove_stale_temps
+    from files import AutoSNNError, Parser, atomic_write, atomic_write_text, create_folder, remove_stale_temps
     from search_space import check_candidate, get_backbone, resolve_arch, sample_arch
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
@@ -763,21 +762,6 @@ DESIGNS = {1: "no GAP; max-pool down-sampling", 2: "spiking GAP before the class
 # ---------------------------------------------------------------------------------------------
 # Command line: parse, validate everything, then create the folder and run
 # ---------------------------------------------------------------------------------------------
-
-class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and a "did you mean" for misspelled options."""
-
-    def error(self, message):
-        hint = ""
-        options = [o for a in self._actions for o in a.option_strings]
-        words = [w.split("=")[0].strip(":,'\"") for w in message.split() if w.startswith("--")]
-        for w in (w for w in words if w not in options):
-            close = difflib.get_close_matches(w, options, n=1, cutoff=0.7)
-            if close and close[0] != w:
-                hint = f" (did you mean {close[0]}?)"
-                break
-        self.exit(2, f"{self.prog}: error: {message}{hint}; see --help\n")
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
