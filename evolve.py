@@ -108,8 +108,8 @@ class Search:
     """The search state: history of evaluated architectures and the random generator.
 
     propose() gives the next pool; tell() adds its evaluations. state_dict()/load_state_dict()
-    checkpoint everything, so a resumed search proposes exactly what an uninterrupted one would. `generation` counts the completed
-    generations; each record's "generation" is the 1-based number of the generation that evaluated it,
+    checkpoint everything, so a resumed search proposes exactly what an uninterrupted one would.
+    `generation` counts the completed generations; each record's "generation" is the 1-based number of the generation that evaluated it,
     so after tell() the newest records carry generation == self.generation.
     """
 
