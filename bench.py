@@ -203,7 +203,8 @@ def end_to_end(args, device) -> dict:
 
     net.train()
     fed_img_s = fed()
-    x, y = next(iter(train.batches(args.batch, shuffle=True, generator=torch.Generator().manual_seed(1), device=device)))
+    g = torch.Generator().manual_seed(1)
+    x, y = next(iter(train.batches(args.batch, shuffle=True, generator=g, device=device)))
     on_device = args.batch / timed(lambda: step(x, y), device, args.reps, args.warmup)
     return {"dataset": args.end_to_end, "event": event, "fed_train_img_s": fed_img_s,
             "on_device_train_img_s": on_device, "ratio": fed_img_s / on_device}

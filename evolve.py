@@ -109,8 +109,9 @@ class Search:
 
     propose() gives the next pool; tell() adds its evaluations. state_dict()/load_state_dict()
     checkpoint everything, so a resumed search proposes exactly what an uninterrupted one would.
-    `generation` counts the completed generations; each record's "generation" is the 1-based number of the generation that evaluated it,
-    so after tell() the newest records carry generation == self.generation.
+    `generation` counts the completed generations; each record's "generation" is the 1-based number
+    of the generation that evaluated it, so after tell() the newest records carry
+    generation == self.generation.
     """
 
     def __init__(self, backbone: Backbone, cfg: SearchConfig, spike_norm: float, rng: random.Random):
