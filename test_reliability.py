@@ -360,7 +360,6 @@ def test_no_host_sync_per_batch(tmp_path, monkeypatch):
     assert counts[0] == counts[2] and counts[1] == counts[3], counts     # independent of the batch count
 
 
-@pytest.mark.skipif(not hasattr(autosnn, "compile_network"), reason="needs autosnn.py with autocast-safe neurons/BN")
 def test_bf16_autocast_runs(tmp_path):
     assert cli(tmp_path, "bf", "--stage", "retrain", "--arch", "AutoSNN", "--retrain-epochs", "1", "--amp", "bf16") == 0
     assert 0 <= json.loads((tmp_path / "bf" / "results.json").read_text())["test_acc"] <= 1

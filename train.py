@@ -323,20 +323,10 @@ def load_state(obj, state: dict, path: Path) -> None:
         raise AutoSNNError(f"{path} does not fit this run's network ({first})") from None
 
 
-def spec_of(net):
-    spec = getattr(net, "spec", None)          # autosnn.py: JSON-able description to rebuild the network
-    return spec() if callable(spec) else None
-
-
-def save_network(net, path: Path) -> bool:
+def save_network(net, path: Path) -> None:
     """The weights-only model file (autosnn.save_model) that SpikingNetwork.load reads."""
-    save = getattr(autosnn, "save_model", None)
-    if save is None:
-        return False
-    if not dist.is_main():             # under torchrun only rank 0 writes
-        return True
-    save(net, path)
-    return True
+    if dist.is_main():                 # under torchrun only rank 0 writes
+        autosnn.save_model(net, path)
 
 
 def environment(device: torch.device) -> dict:
@@ -482,12 +472,7 @@ class Env:
     def prepare(self, net, run: Run):
         """Compile in place (state_dict keys unchanged), when asked."""
         if self.compile:
-            comp = getattr(autosnn, "compile_network", None)
-            if comp is None:
-                run.log("note: --compile asked for, but this autosnn.py has no compile_network; running eagerly")
-                self.compile = False
-            else:
-                comp(net, log=run.log)
+            autosnn.compile_network(net, log=run.log)
         return net
 
 
@@ -545,10 +530,10 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
               "epoch": epoch + 1, "history": history, "path_rng": path_rng.getstate(),
               "data_gen": data_gen.get_state(), "rng": rng_states(), "config": cfg.to_dict(),
               "num_classes": ds.num_classes, "input_shape": tuple(ds.input_shape), "spike_norm": m["spikes"],
-              "spec": spec_of(net), "wall_s": wall}
+              "spec": net.spec(), "wall_s": wall}
         run.save(ck, "supernet.pt")
-    if save_network(net, run.path / "supernet_model.pt"):
-        run.log(f"super-network saved: {run.path / 'supernet_model.pt'}")
+    save_network(net, run.path / "supernet_model.pt")
+    run.log(f"super-network saved: {run.path / 'supernet_model.pt'}")
     run.wall["supernet"] = wall
     return ck
 
@@ -691,10 +676,10 @@ def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: d
         run.save({"kind": "retrain", "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
                   "data_gen": data_gen.get_state(), "rng": rng_states(), "config": cfg.to_dict(),
-                  "spec": spec_of(net), "wall_s": wall}, "child.pt")
+                  "spec": net.spec(), "wall_s": wall}, "child.pt")
     if final is None:                  # resumed after the last epoch's checkpoint
         final = test_eval()
-    saved = save_network(net, run.path / "model.pt")
+    save_network(net, run.path / "model.pt")
     run.wall["retrain"] = wall
     silent = [n for n, c in final["per_layer"].items() if c == 0]
     results = {"model": rc.model or "autosnn", "arch": None if rc.model else str(net.arch),
@@ -703,7 +688,7 @@ def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: d
                "neuron_spikes": final["neuron_spikes"], "params": count_parameters(net),
                "per_layer_spikes": final["per_layer"], "silent_layers": silent, "energy": final.get("energy"),
                "best_test_acc_over_epochs": max(h["test_acc"] for h in history if "test_acc" in h),
-               "model_file": "model.pt" if saved else None,
+               "model_file": "model.pt",
                "note": "test_acc is the final epoch's; best_test_acc_over_epochs is selected on the test "
                        "set and given only for comparison with the original code's reporting",
                "environment": run.env, "started": run.started, "finished": now(), "wall_s": dict(run.wall)}
