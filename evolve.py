@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from autosnn import SpikeStats, SpikingNetwork, Trace, predict
-from files import AutoSNNError, Parser, atomic_write
+from files import AutoSNNError, Parser, atomic_write, progress
 from search_space import Arch, Backbone, parse_arch, resolve_arch, sample_arch
 
 
@@ -236,10 +236,11 @@ def run_search(search: Search, evaluate, on_generation=None, log=print, num_clas
         search.tell(archs, evaluate(archs))
         now, evaluated = time.perf_counter(), evaluated + len(archs)
         rate = evaluated / max(now - start, 1e-9)
-        left = (search.cfg.iterations - search.generation) * search.cfg.pool / rate
+        done, total = search.generation * search.cfg.pool, search.cfg.iterations * search.cfg.pool
         best = search.best()
         log(f"generation {search.generation}/{search.cfg.iterations}: {len(archs)} evaluated in "
-            f"{now - t0:.1f}s ({rate:.2f} evals/s), elapsed {now - start:.0f}s ETA {left:.0f}s; best fitness "
+            f"{now - t0:.1f}s ({rate:.2f} evals/s), {progress(start, done, done - evaluated, total)}; "
+            f"best fitness "
             f"{best['fitness']:.4f} acc {best['acc']:.4f} spikes {best['spikes']:.0f} {best['arch']}")
         if num_classes:
             tied = at_chance(search.latest(), num_classes, val_images)

@@ -16,9 +16,19 @@ import difflib
 import errno
 import os
 import shutil
+import time
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"      # temporary names: .<name>.tmp-<pid>
+
+
+def progress(start: float, done: int, first: int, total: int) -> str:
+    """'elapsed 12s ETA 30s' for `done` of `total` units, `first` of them done before `start`
+    (a time.perf_counter() reading): the estimate uses this process's rate only, so a resumed run
+    re-estimates it. One rule for every stage's progress line."""
+    elapsed = time.perf_counter() - start
+    eta = elapsed / max(done - first, 1) * (total - done)
+    return f"elapsed {elapsed:.0f}s ETA {eta:.0f}s"
 
 
 class AutoSNNError(ValueError):

@@ -54,7 +54,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from data import DATASETS, load_dataset
     from evolve import (Search, SearchConfig, csv_text, evaluate_archs, evaluate_model, plot_run, run_search,
                         write_history)
-    from files import AutoSNNError, Parser, atomic_write, atomic_write_text, create_folder, remove_stale_temps
+    from files import AutoSNNError, Parser, atomic_write, atomic_write_text, create_folder, remove_stale_temps, progress
     from search_space import check_candidate, get_backbone, resolve_arch, sample_arch
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
@@ -254,13 +254,6 @@ class Run:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def progress(start: float, done: int, first: int, total: int) -> str:
-    """'elapsed 12s, ETA 30s' for `done` of `total` units, `first` of them done before `start`."""
-    elapsed = time.time() - start
-    eta = elapsed / max(done - first, 1) * (total - done)
-    return f"elapsed {elapsed:.0f}s ETA {eta:.0f}s"
 
 
 def tune_cpu_allocator() -> None:
@@ -510,7 +503,7 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
     nb = n_batches(d_train, r.batch_size)
     run.log(f"super-network {r.backbone}: {count_parameters(net):,} parameters, {ds.name} D_train "
             f"{len(d_train)} images ({nb} batches), {sc.supernet_epochs} epochs")
-    start, first = time.time(), epoch
+    start, first = time.perf_counter(), epoch
     for epoch in range(epoch, sc.supernet_epochs):
         t0 = time.time()
         batches = d_train.batches(r.batch_size, shuffle=True, generator=data_gen, device=device)
@@ -651,7 +644,7 @@ def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: d
 
     run.log(f"retrain {label}: {count_parameters(net):,} parameters, {len(train)} training ({nb} batches) / "
             f"{len(test)} test images, {rc.retrain_epochs} epochs")
-    final, start, first = None, time.time(), epoch
+    final, start, first = None, time.perf_counter(), epoch
     for epoch in range(epoch, rc.retrain_epochs):
         t0 = time.time()
         batches = train.batches(r.batch_size, shuffle=True, generator=data_gen, device=device)
