@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,9 +213,10 @@ def read_index(folder: Path, split: str, key: dict):
     return [str(folder / f) for f in files], labels
 
 
-def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: dict, name: str = ""):
+def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: dict, name: str = "", log=None):
     """Cache the frames of `samples` (an iterable of ((x, y, p, t), label)) as folder/split/<i>.npz and
-    then the index folder/split.json. Returns (files [absolute paths], labels)."""
+    then the index folder/split.json. Returns (files [absolute paths], labels). log(str), when given,
+    hears the progress every 500 samples."""
     try:
         (folder / split).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -228,8 +228,8 @@ def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: d
         files.append(f"{split}/{i:06d}.npz")
         labels.append(int(label))
         _write(folder / files[-1], lambda f: np.savez_compressed(f, frames=frames))
-        if (i + 1) % 500 == 0:
-            print(f"{name} {split}: {i + 1} samples cached in {folder}", file=sys.stderr)
+        if log is not None and (i + 1) % 500 == 0:
+            log(f"{name} {split}: {i + 1} samples cached in {folder}")
     text = json.dumps({"key": key, "files": files, "labels": labels})
     _write(folder / f"{split}.json", lambda f: f.write(text.encode()))
     return [str(folder / f) for f in files], labels
