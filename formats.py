@@ -169,8 +169,9 @@ def integer_labels(values, path) -> np.ndarray:
     anything else (a string, 3.7, NaN) is one error naming `path`, so no label is silently truncated."""
     try:
         a = np.asarray(values)
-    except ValueError as e:                            # ragged nesting
-        raise AutoSNNError(f"{path}: the labels are not a flat list of numbers ({e})") from None
+    except ValueError:                                 # ragged nesting
+        raise AutoSNNError(f"{path}: the labels are not a flat list of numbers; the file is damaged or not a "
+                           f"dataset file") from None
     if a.dtype.kind in "iu":
         return a.astype(np.int64)
     flat = a.reshape(-1)

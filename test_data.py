@@ -1,9 +1,11 @@
-"""Tests for data.py: every loader on tiny files written here in the exact on-disk format, the batch
-transforms against hand-computed values, splits, determinism, caching, download and every error path."""
+"""Tests for data.py and formats.py: every loader on tiny files written here in the exact on-disk format,
+the batch transforms against hand-computed values, the normalisation constants against the paper's, splits,
+determinism, caching, download and every error path."""
 import dataclasses
 import hashlib
 import io
 import pickle
+import re
 import shutil
 import sys
 import tarfile
@@ -124,6 +126,46 @@ def test_cifar10_label_out_of_range(tmp_path):
         load_dataset("cifar10", root=tmp_path)
 
 
+@pytest.mark.parametrize("labels, match", [
+    (["cat", "dog"], r"labels must be integers, got str\d* values such as 'cat'"),
+    ([b"cat", b"dog"], "labels must be integers, got bytes"),
+    ([3.7, 1.0], "label 3.7 is not a whole number"),                      # refused, not truncated to 3
+    ([1.0, float("nan")], "label nan is not a whole number"),
+    ([[1, 2], [3]], "the labels are not a flat list of numbers"),
+])
+def test_cifar_labels_that_are_not_integers_name_the_file(tmp_path, labels, match):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    write_pickle(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
+    with pytest.raises(AutoSNNError, match=f"^{re.escape(str(path))}: {match}") as e:
+        load_dataset("cifar10", root=tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_whole_float_labels_are_kept(tmp_path):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
+                 {b"data": np.zeros((3, 3072), np.uint8), b"labels": [3.0, 0.0, 9.0]})
+    assert load_dataset("cifar10", root=tmp_path).test_data.labels.tolist() == [3, 0, 9]
+
+
+# The paper's per-channel (R, G, B) mean and std of pixel / 255 (PAPER.md section 8; the original's transforms)
+PAPER_NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),        # ImageNet's
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_NORMALISATION))
+def test_normalisation_constants_are_the_papers_per_channel(name):
+    mean, std = data.NORMALISATION[name]
+    for c, channel in enumerate("RGB"):
+        assert mean[c] == PAPER_NORMALISATION[name][0][c], f"{name} mean of {channel}"
+        assert std[c] == PAPER_NORMALISATION[name][1][c], f"{name} std of {channel}"
+
+
 def test_svhn_mat_layout_and_label_10_is_zero(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
     rng = np.random.default_rng(0)
@@ -137,6 +179,9 @@ def test_svhn_mat_layout_and_label_10_is_zero(tmp_path):
     ds = load_dataset("svhn", root=tmp_path, sources=md5s)
     assert ds.train_data.labels.tolist() == [0, 1, 9, 0, 5]
     assert ds.train_data.images[3, 2, 7, 11] == X[7, 11, 2, 3]          # [N, C, H, W] <- [H, W, C, N]
+    x, _ = next(ds.split("test").batches(5))                              # each channel with its own mean/std
+    for c, (mean, std) in enumerate(zip(*PAPER_NORMALISATION["svhn"])):
+        assert torch.allclose(x[:, c], (torch.from_numpy(X[:, :, c]).permute(2, 0, 1) / 255 - mean) / std, atol=1e-5)
     # the real files are checked against their published md5, so these stand-ins are refused
     with pytest.raises(ValueError, match="wrong md5"):
         load_dataset("svhn", root=tmp_path)
@@ -213,12 +258,16 @@ def make_archive(tmp_path):
     return {"cifar-10-python.tar.gz": (archive.as_uri(), md5)}, expected
 
 
-def test_download_good_archive_replaces_stale_part(tmp_path):
+def test_download_good_archive_replaces_stale_part(tmp_path, capsys):
     sources, (xtr, _, _, _) = make_archive(tmp_path)
     root = tmp_path / "root"
     root.mkdir()
     (root / "cifar-10-python.tar.gz.part").write_bytes(b"half of an old download")
-    ds = load_dataset("cifar10", root=root, download=True, sources=sources)
+    said = []
+    ds = load_dataset("cifar10", root=root, download=True, sources=sources, log=said.append)
+    assert said[0].startswith(f"downloading {sources['cifar-10-python.tar.gz'][0]}")
+    assert said[-1].startswith(f"{root / 'cifar-10-python.tar.gz'}: ") and said[-1].endswith("md5 verified")
+    assert capsys.readouterr() == ("", "")                                # the library itself prints nothing
     assert torch.equal(ds.train_data.images, torch.from_numpy(xtr))
     assert not (root / "cifar-10-python.tar.gz.part").exists()
     md5 = hashlib.md5((root / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
@@ -359,6 +408,20 @@ def test_search_split_is_by_index_and_val_uses_test_transforms():
     for bad in (0, 1, 1.5, -0.2):
         with pytest.raises(ValueError, match="fraction"):
             ds.search_split(bad)
+
+
+@pytest.mark.parametrize("n, fraction, k", [
+    (7, 0.8, 5),        # 5.6: floor 5, round 6
+    (29, 0.5, 14),      # 14.5
+    (19, 0.9, 17),      # 17.1 (the paper's D_val share would round the same way: no help)
+    (100, 0.29, 29),    # 0.29 * 100 = 28.999999999999996 in floats: the decimal product is 29
+])
+def test_search_split_floors_the_training_part(n, fraction, k):
+    """D_train = the first floor(fraction * N) samples (train_portion in the original: int(N * 0.8))."""
+    ds = load_dataset("synthetic", n_train=n, n_test=10)
+    train, val = ds.search_split(fraction)
+    assert (len(train), len(val)) == (k, n - k)
+    assert torch.equal(val.labels, ds.train_data.labels[k:])
 
 
 def test_batches_deterministic_per_seed_and_shapes():

@@ -127,6 +127,26 @@ def test_aedat20_bit_layout_orientation_and_truncation(tmp_path):
         events.read_aedat20(path)
 
 
+def test_aedat20_special_events_are_dropped(tmp_path):
+    """jAER's DVS128 address word: bit 15 flags an external (sync) event and bit 31 a non-DVS one; their low
+    bits would otherwise read as a pixel, so both are dropped. (spikingjelly's CIFAR10-DVS reader keeps
+    every word: its filter_dvs defaults to False.)"""
+    words = [((3 << 8) | (2 << 1), 10),                                  # DVS: raw x 2, raw y 3, ON
+             ((1 << 31) | (3 << 8) | (2 << 1), 11),                       # bit 31, same pixel
+             ((1 << 31) | (1 << 15) | (7 << 8) | (9 << 1) | 1, 12),       # bits 31 and 15
+             ((1 << 31), 13),                                             # bit 31 alone: would read as (0, 0)
+             ((5 << 8) | (4 << 1) | 1, 14)]                               # DVS: raw x 4, raw y 5, OFF
+    path = tmp_path / "cifar10_cat_0.aedat"
+    path.write_bytes(b"#!AER-DAT2.0\r\n# This is a raw AE data file\r\n"
+                     + b"".join(struct.pack(">II", a, t) for a, t in words))
+    x, y, p, t = events.read_aedat20(path)
+    assert (x.tolist(), y.tolist(), p.tolist(), t.tolist()) == ([2, 4], [3, 5], [1, 0], [10, 14])
+    x, y, p, t = events.cifar10dvs_events(path)
+    assert (x.tolist(), y.tolist(), t.tolist()) == ([124, 122], [125, 123], [10, 14])
+    frames = events.events_to_frames(x, y, p, t, T=1)
+    assert frames.sum() == 2 and frames[0, 1, 125, 124] == 1 and frames[0, 0, 127, 127] == 0
+
+
 def write_gesture(root, csv_train="class,startTime_usec,endTime_usec\n3,100,200\n11,200,300\n"):
     base = root / "dvs128gesture" / "DvsGesture"
     base.mkdir(parents=True)
