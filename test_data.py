@@ -187,6 +187,18 @@ def test_svhn_mat_layout_and_label_10_is_zero(tmp_path):
         load_dataset("svhn", root=tmp_path)
 
 
+def test_svhn_float_label_is_refused_not_truncated(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    (tmp_path / "svhn").mkdir()
+    X = np.zeros((32, 32, 3, 2), np.uint8)
+    for name, y in (("train_32x32.mat", [[10.0], [3.0]]), ("test_32x32.mat", [[3.7], [1.0]])):
+        scipy_io.savemat(tmp_path / "svhn" / name, {"X": X, "y": np.array(y)})
+    md5s = {n: ("http://unused", hashlib.md5((tmp_path / "svhn" / n).read_bytes()).hexdigest())
+            for n in ("train_32x32.mat", "test_32x32.mat")}
+    with pytest.raises(AutoSNNError, match=r"test_32x32.mat: label 3.7 is not a whole number"):
+        load_dataset("svhn", root=tmp_path, sources=md5s)
+
+
 def test_svhn_missing_names_the_files(tmp_path):
     with pytest.raises(AutoSNNError, match="train_32x32.mat,test_32x32.mat"):
         load_dataset("svhn", root=tmp_path)

@@ -297,6 +297,23 @@ def test_cache_key_names_version_orientation_and_split(tmp_path, capsys):
         load_dataset("cifar10dvs", root=tmp_path, T=2)
 
 
+def test_cache_progress_goes_to_the_callers_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(events, "_write", lambda path, write: None)       # progress only, no 1000 files
+    one = ((np.array([1]), np.array([2]), np.array([1]), np.array([0])), 0)
+    said = []
+    events.write_split(tmp_path, "train", [one] * 1000, 2, "number", {}, "cifar10dvs", said.append)
+    assert said == [f"cifar10dvs train: {k} samples cached in {tmp_path}" for k in (500, 1000)]
+    events.write_split(tmp_path, "test", [one] * 500, 2, "number", {}, "cifar10dvs")   # no log: silent
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.undo()
+    write_cifar10dvs(tmp_path)                                            # load_dataset hands its log down
+    handed = []
+    write = events.write_split
+    monkeypatch.setattr(events, "write_split", lambda *a: handed.append(a[-1]) or write(*a))
+    load_dataset("cifar10dvs", root=tmp_path, T=2, log=said.append)
+    assert handed == [said.append] * 2
+
+
 def test_damaged_cached_frames_name_the_file(tmp_path):
     write_cifar10dvs(tmp_path)
     ds = load_dataset("cifar10dvs", root=tmp_path, T=2)
