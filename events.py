@@ -3,12 +3,15 @@
 Owns (paper section 5, CIFAR10-DVS and DVS128-Gesture): reading AEDAT 2.0 (CIFAR10-DVS) and AEDAT 3.1
 (DVS128-Gesture) recordings into event arrays x, y, p, t (int64 [N]), the CIFAR10-DVS orientation, cutting
 a DVS128-Gesture recording into its labelled segments, integrating events into T frames, and caching the
-frames of every sample on disk. Which files make up a dataset and its splits is data.py's job.
+frames of every sample on disk. Which files make up a dataset and its splits is formats.py's job; the
+datasets and their batches are data.py's. Nothing is printed: progress goes to the caller's `log` callback.
 
 Bit layouts
     AEDAT 2.0 (jAER DVS128): '#' header lines, then big-endian (uint32 address, uint32 timestamp [us])
-        pairs. Address bit 0 = polarity (0 = ON), bits 1-7 = raw x, bits 8-14 = raw y; bit 15 or 31 set
-        marks a special/sync event, which is dropped. p = 1 - bit 0, so p = 1 is ON.
+        pairs. Address bit 0 = polarity (0 = ON), bits 1-7 = raw x, bits 8-14 = raw y; bit 15 (external
+        / sync event) or bit 31 (not a DVS event) set marks a special event, which is dropped: its low
+        bits are no pixel. (spikingjelly 2.0.0's CIFAR10-DVS reader keeps every word, filter_dvs=False.)
+        p = 1 - bit 0, so p = 1 is ON.
     AEDAT 3.1 (libcaer): header ending '#!END-HEADER', then packets: a 28-byte little-endian header
         (int16 type, int16 source, int32 eventSize, tsOffset, tsOverflow, capacity, eventNumber, valid)
         and eventNumber * eventSize bytes. Polarity packets (type 1) hold 8-byte events: uint32 data

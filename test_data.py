@@ -64,9 +64,15 @@ def test_unknown_name_lists_valid_names():
         load_dataset("mnist")
 
 
-@pytest.mark.parametrize("kwargs", [dict(T=0), dict(split_by="space"), dict(cutout=-1)])
-def test_bad_options(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(T=0), "T must be a positive integer, got 0"),
+    (dict(T=2.5), "T must be a positive integer, got 2.5"),
+    (dict(split_by="space"), "split_by must be 'number' or 'time', got 'space'"),
+    (dict(cutout=-1), r"cutout must be >= 0 \(0 = off\), got -1"),
+    (dict(n_train=0), "n_train and n_test must be >= 1, got 0, 500"),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises(AutoSNNError, match=match):
         load_dataset("synthetic", **kwargs)
 
 
