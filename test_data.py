@@ -567,27 +567,36 @@ def test_constants_and_samples_are_copied_once_per_device():
     assert part._copies == {} and part._copies is not train._copies        # a subset has its own samples
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["synthetic", "synthetic-dvs"])
-def test_no_host_sync_per_batch_on_cuda(name):
-    ds = load_dataset(name, n_train=64, n_test=8, T=2, cutout=8)
-    split = ds.split("train")
-    it = split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0), device="cuda")
-    first = next(it)                                  # copies the samples to the card, once
-    assert split._copies[str(first[0].device)].images.dtype == torch.uint8
+def cuda_epoch_without_sync(split, batch_size: int, seed: int) -> tuple[list, list]:
+    """(CPU batches, CUDA batches) of one shuffled epoch of `split`. Every CUDA batch after the first (which
+    copies the samples to the card) runs under sync debug mode "error", so a host sync raises."""
+    it = split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device="cuda")
+    first = next(it)
     torch.cuda.set_sync_debug_mode("error")
     try:
         rest = list(it)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    cpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    for (xc, yc), (xg, yg) in zip(cpu, [first] + rest):
+    cpu = list(split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+    return cpu, [first] + rest
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-dvs"])
+def test_no_host_sync_per_batch_on_cuda(name):
+    ds = load_dataset(name, n_train=64, n_test=8, T=2, cutout=8)
+    split = ds.split("train")
+    cpu, gpu = cuda_epoch_without_sync(split, 16, 0)
+    assert split._copies[str(gpu[0][0].device)].images.dtype == torch.uint8   # the samples went over as uint8
+    assert len(gpu) == 4
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
         assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_samples_that_do_not_fit_come_from_pinned_memory(monkeypatch):
-    ds = load_dataset("synthetic", n_train=40, n_test=4, cutout=8)
+    said = []
+    ds = load_dataset("synthetic", n_train=40, n_test=4, cutout=8, log=said.append)
     split = ds.split("train")
     upload = torch.Tensor.to
 
@@ -600,6 +609,7 @@ def test_samples_that_do_not_fit_come_from_pinned_memory(monkeypatch):
     monkeypatch.undo()
     on = split._copies[str(gpu[0][0].device)]
     assert on.images is None and on.host.is_pinned() and gpu[0][0].is_cuda
+    assert said == [f"40 samples do not fit on {gpu[0][0].device}; they stay in host memory"]
     cpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(2)))
     assert all(torch.allclose(a, b.cpu(), atol=1e-6) and torch.equal(ya, yb.cpu())
                for (a, ya), (b, yb) in zip(cpu, gpu))

@@ -16,7 +16,7 @@ import events
 import formats
 from data import load_dataset
 from files import AutoSNNError
-from test_data import count_host_syncs
+from test_data import count_host_syncs, cuda_epoch_without_sync
 
 # ---------------------------------------------------------------------------------------------- writers
 
@@ -396,13 +396,6 @@ def test_file_batches_no_host_sync_and_same_as_in_memory(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_file_batches_no_host_sync_on_cuda(tmp_path):
-    split = file_split(tmp_path, augment=True, cutout=30)
-    it = split.batches(3, shuffle=True, generator=torch.Generator().manual_seed(4), device="cuda")
-    first = next(it)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        rest = list(it)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    cpu = list(split.batches(3, shuffle=True, generator=torch.Generator().manual_seed(4)))
-    assert all(torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu()) for (a, ya), (b, yb) in zip(cpu, [first] + rest))
+    cpu, gpu = cuda_epoch_without_sync(file_split(tmp_path, augment=True, cutout=30), 3, 4)
+    assert len(gpu) == 4
+    assert all(torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu()) for (a, ya), (b, yb) in zip(cpu, gpu))
