@@ -181,9 +181,8 @@ def integer_labels(values, path) -> np.ndarray:
             return a.astype(np.int64)
         raise AutoSNNError(f"{path}: label {flat[~whole][0]} is not a whole number; the file is damaged or not "
                            f"a dataset file")
-    example = f" such as {flat[0].item()!r}" if len(flat) else ""
-    raise AutoSNNError(f"{path}: labels must be integers, got {a.dtype.name} values{example}; the file is damaged "
-                       f"or not a dataset file")
+    got = f"{type(flat[0].item()).__name__} values such as {flat[0].item()!r}" if len(flat) else "no numbers"
+    raise AutoSNNError(f"{path}: labels must be integers, got {got}; the file is damaged or not a dataset file")
 
 
 def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:

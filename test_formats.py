@@ -114,7 +114,8 @@ def test_cifar10_label_out_of_range(tmp_path):
 
 
 @pytest.mark.parametrize("labels, match", [
-    (["cat", "dog"], r"labels must be integers, got str\d* values such as 'cat'"),
+    (["cat", "dog"], "labels must be integers, got str values such as 'cat'"),
+    ([True, False], "labels must be integers, got bool values such as True"),
     ([b"cat", b"dog"], "labels must be integers, got bytes"),
     ([3.7, 1.0], "label 3.7 is not a whole number"),                      # refused, not truncated to 3
     ([1.0, float("nan")], "label nan is not a whole number"),
