@@ -78,7 +78,7 @@ def download(url: str, path: Path, md5: str, log=None) -> None:
                 raise AutoSNNError(f"could not download {url} ({e}); fetch it by hand and place it at {path}") from None
             with response:
                 total = int(response.headers.get("Content-Length") or 0)
-                _say(log, f"downloading {url} ({total / 2**20:.1f} MiB) to {path}")
+                _say(log, f"downloading {url}" + (f" ({total / 2**20:.1f} MiB)" if total else "") + f" to {path}")
                 while True:
                     try:
                         chunk = response.read(1 << 20)

@@ -275,7 +275,9 @@ def test_corrupt_existing_archive_is_fetched_again_or_refused(tmp_path):
     (root / "cifar-10-python.tar.gz").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="wrong md5"):
         load_dataset("cifar10", root=root, sources=sources)
-    ds = load_dataset("cifar10", root=root, download=True, sources=sources)
+    said = []
+    ds = load_dataset("cifar10", root=root, download=True, sources=sources, log=said.append)
+    assert said[0] == f"{root / 'cifar-10-python.tar.gz'} has the wrong md5; downloading it again"
     assert torch.equal(ds.train_data.images, torch.from_numpy(xtr))
 
 
