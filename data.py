@@ -1,10 +1,11 @@
 """Datasets for AutoSNN: static images, neuromorphic recordings and synthetic data, as device batches.
 
-Owns (paper sections 5 and 7): loading CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
-DVS128-Gesture from their original files, download with md5 checks, the search split (first 80% of the
-training set by index = D_train, last 20% = D_val), batch-wise augmentation on the device, and two
-synthetic datasets that need no files. Event-camera files, events -> frames and the frame cache are
-events.py's. No model code.
+Owns (paper sections 5 and 7): the datasets CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
+DVS128-Gesture as labelled splits, the search split (first 80% of the training set by index = D_train,
+last 20% = D_val), batch-wise augmentation on the device, and two synthetic datasets that need no files.
+Where the files lie, download, checksums and the readers of each on-disk format are formats.py's (its
+docstring lists the expected layout under `root`); event-camera files, events -> frames and the frame
+cache are events.py's. No model code.
 
     from data import load_dataset
     ds = load_dataset("cifar10", root="./data", download=True)
@@ -13,21 +14,8 @@ events.py's. No model code.
     for x, y in train.batches(96, shuffle=True, generator=g, device="cuda"):
         ...   # x: float32 [B, 3, 32, 32] normalised (event data: [B, T, 2, H, W] raw counts); y: int64 [B]
 
-Expected layout under `root` (download=True fetches the first three; place the others by hand):
-
-    cifar-10-python.tar.gz  -> cifar-10-batches-py/{data_batch_1..5, test_batch}
-    cifar-100-python.tar.gz -> cifar-100-python/{train, test}
-    svhn/{train_32x32.mat, test_32x32.mat}                                        (needs: pip install scipy)
-    tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt}
-        wget http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip tiny-imagenet-200.zip -d ./data
-        (needs: pip install pillow; decoded once into tiny-imagenet-200/decoded_uint8.npz)
-    cifar10dvs/<class>/cifar10_<class>_<i>.aedat     class in airplane automobile bird ... truck
-        download the 10 class zips (each holds its <class>/ folder) from
-        https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 and run:
-        for f in *.zip; do unzip "$f" -d ./data/cifar10dvs; done
-    dvs128gesture/DvsGesture/{userXX_<light>.aedat, userXX_<light>_labels.csv, trials_to_train.txt, trials_to_test.txt}
-        download DvsGesture.tar.gz from http://research.ibm.com/dvsgesture/ and run:
-        mkdir -p ./data/dvs128gesture && tar -xzf DvsGesture.tar.gz -C ./data/dvs128gesture
+Messages (a download's progress, a stale cache, samples that do not fit on the device) go to the
+`log(str)` callback given to load_dataset, kept by its splits; without one the library is silent.
 
 Event data becomes T frames [T, 2, H=y, W=x] of per-pixel event counts (channel 1 = ON), upright, cached
 once per sample under `<root>/<cifar10dvs|dvs128gesture>/` (events.py: the orientation, the split rules,
@@ -51,17 +39,10 @@ loop never waits for the device (no .item(), .cpu() or blocking copy per batch).
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import os
-import pickle
 import queue
-import re
-import sys
-import tarfile
-import zlib
 import threading
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -70,24 +51,14 @@ import numpy as np
 import torch
 
 import events
-from files import AutoSNNError, atomic_write
+import formats
+from files import AutoSNNError
 
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "cifar10dvs", "dvs128gesture", "synthetic",
             "synthetic-dvs")
 
-# file name -> (url, md5). Override per call with load_dataset(..., sources={name: (url, md5)}).
-SOURCES = MappingProxyType({
-    "cifar-10-python.tar.gz": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                               "c58f30108f718f92721af3b95e74349a"),
-    "cifar-100-python.tar.gz": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                                "eb9058c3a382ffc7106e4002c42a8d85"),
-    "train_32x32.mat": ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
-                        "e26dedcc434d2e4c54c9b2d4a06d8373"),
-    "test_32x32.mat": ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
-                       "eb5a983be6a315427106f1b164d9cef3"),
-})
-
-# Per-channel (mean, std) of pixel/255; "synthetic" rounds the measured values (synthetic_images).
+# Per-channel (R, G, B) (mean, std) of pixel/255, the paper's and the original's values (PAPER.md section 8);
+# "synthetic" rounds the measured values (synthetic_images).
 NORMALISATION = MappingProxyType({
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -95,7 +66,6 @@ NORMALISATION = MappingProxyType({
     "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "synthetic": ((0.5, 0.5, 0.5), (0.22, 0.22, 0.22)),
 })
-CIFAR10DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CROP_PAD = 4       # zero padding of the random crop (the paper's and the original's 4 pixels)
 PREFETCH = 2       # event batches the reading thread keeps ready
 
@@ -207,6 +177,7 @@ class Split:
     [N, T, 2, H, W]) or `files` (one cached .npz per event sample, read per batch so memory stays bounded).
     augment: random crop (static only) + horizontal flip. cutout: square side, 0 = off.
     mean/std: per-channel normalisation of static data (None for event data).
+    log: where a notice goes (samples that do not fit on the device), None: nowhere.
     _copies: per-device copies of the samples, labels and normalisation constants, made on first use;
     shared with the splits dataclasses.replace makes from this one (same samples), fresh for a subset.
     """
@@ -218,6 +189,7 @@ class Split:
     std: tuple[float, ...] | None = None
     augment: bool = False
     cutout: int = 0
+    log: Callable[[str], None] | None = field(default=None, repr=False)
     _copies: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -279,7 +251,8 @@ class Split:
                     images = images.to(dev)           # once, as uint8 (CIFAR's training set: 150 MB)
                 except torch.cuda.OutOfMemoryError:
                     images, host = None, (images.pin_memory() if dev.type == "cuda" else images)
-                    print(f"{len(self)} samples do not fit on {dev}; they stay in host memory", file=sys.stderr)
+                    if self.log is not None:
+                        self.log(f"{len(self)} samples do not fit on {dev}; they stay in host memory")
             mean, std = ((None, None) if self.mean is None else
                          (torch.tensor(v, device=dev).view(1, -1, 1, 1) for v in (self.mean, self.std)))
             self._copies[key] = SimpleNamespace(images=images, host=host, labels=self.labels.to(dev),
@@ -358,10 +331,11 @@ class Dataset:
 
 def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, split_by: str = "number",
                  n_train: int | None = None, n_test: int | None = None, seed: int = 0, cutout: int = 0,
-                 sources: dict | None = None) -> Dataset:
+                 sources: dict | None = None, log: Callable[[str], None] | None = None) -> Dataset:
     """Load `name` (one of DATASETS). T and split_by apply to event data; n_train/n_test/seed to the
     synthetic sets (default 2000/500); cutout is the default for split("train"); sources overrides
-    SOURCES entries ({file name: (url, md5)}) for download and checksum checks."""
+    formats.SOURCES entries ({file name: (url, md5)}) for download and checksum checks. log(str) receives
+    the notices of loading and of the splits' batches (None: silent)."""
     if name not in DATASETS:
         raise AutoSNNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if not isinstance(T, int) or T < 1:
@@ -370,316 +344,53 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
         raise AutoSNNError(f"split_by must be 'number' or 'time', got {split_by!r}")
     if cutout < 0:
         raise AutoSNNError(f"cutout must be >= 0 (0 = off), got {cutout}")
-    srcs = {**SOURCES, **(sources or {})}
     if name in ("synthetic", "synthetic-dvs"):
         n_train, n_test = (2000 if n_train is None else n_train), (500 if n_test is None else n_test)
         if n_train < 1 or n_test < 1:
             raise AutoSNNError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
         make = synthetic_images if name == "synthetic" else (lambda n, s: synthetic_events(n, s, T))
         (xtr, ytr), (xte, yte) = make(n_train, [seed, 0]), make(n_test, [seed, 1])
-        return _in_memory(name, 10, xtr, ytr, xte, yte, cutout, is_event=name == "synthetic-dvs")
+        return _in_memory(name, 10, xtr, ytr, xte, yte, cutout, log, is_event=name == "synthetic-dvs")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise AutoSNNError(f"the data root {root} is a file, not a folder; pass a folder (train.py: --data-root)")
     if name in ("cifar10dvs", "dvs128gesture"):
-        return _event_dataset(name, root, T, split_by, cutout)
-    loader = _load_svhn if name == "svhn" else _load_tinyimagenet if name == "tinyimagenet" else _load_cifar
-    (xtr, ytr), (xte, yte) = loader(root, name, download, srcs)
-    return _in_memory(name, {"cifar100": 100, "tinyimagenet": 200}.get(name, 10), xtr, ytr, xte, yte, cutout)
+        return _event_dataset(name, root, T, split_by, cutout, log)
+    (xtr, ytr), (xte, yte) = formats.load_static(name, root, download, {**formats.SOURCES, **(sources or {})}, log)
+    return _in_memory(name, {"cifar100": 100, "tinyimagenet": 200}.get(name, 10), xtr, ytr, xte, yte, cutout, log)
 
 
-def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, is_event=False) -> Dataset:
+def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, log, is_event=False) -> Dataset:
     for labels, what in ((ytr, "training"), (yte, "test")):
         if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
             raise AutoSNNError(f"{name}: {what} labels must be non-empty and in [0, {num_classes})")
     mean, std = (None, None) if is_event else NORMALISATION[name]
     make = lambda x, y: Split(torch.from_numpy(np.asarray(y, np.int64)), images=torch.from_numpy(x),
-                              is_event=is_event, mean=mean, std=std)
+                              is_event=is_event, mean=mean, std=std, log=log)
     return Dataset(name, num_classes, tuple(xtr.shape[1:]), is_event, make(xtr, ytr), make(xte, yte), cutout)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Download and files
+# Event-camera datasets: frames cached once per sample (which files: formats.py; reading, caching: events.py)
 
-def _download(url: str, path: Path, md5: str) -> None:
-    """Fetch url into path + '.part' (truncating any stale one), fsync it, verify md5, then rename into place."""
-    part = path.with_name(path.name + ".part")
-    digest, done = hashlib.md5(), 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)
-            except (OSError, ValueError) as e:
-                raise AutoSNNError(f"could not download {url} ({e}); fetch it by hand and place it at {path}") from None
-            with response:
-                total = int(response.headers.get("Content-Length") or 0)
-                while True:
-                    try:
-                        chunk = response.read(1 << 20)
-                    except OSError as e:
-                        raise AutoSNNError(f"the download of {url} broke off ({e}); try again, or fetch it by hand "
-                                           f"and place it at {path}") from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    print(f"\r{path.name}: {done / 2**20:.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr)
-            out.flush()
-            os.fsync(out.fileno())
-        print(file=sys.stderr)
-    except BaseException as e:
-        try:
-            part.unlink(missing_ok=True)
-        except OSError:                                # not a file: nothing of ours to remove
-            pass
-        if isinstance(e, OSError):                     # the local side: full disk, no permission, a file in the way
-            raise AutoSNNError(f"cannot write {part} ({e.strerror or e}); free space or choose another data "
-                               f"folder") from None
-        raise
-    if digest.hexdigest() != md5:
-        part.unlink()
-        raise AutoSNNError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
-                           f"the download is corrupt or the source changed, try again")
-    os.replace(part, path)
-
-
-def _ensure(path: Path, download: bool, srcs: dict, missing_msg: str) -> Path:
-    """Return path holding a verified copy of srcs[path.name]; download it when allowed. A file with a wrong
-    checksum (interrupted, corrupt) is never used: it is fetched again or reported."""
-    url, md5 = srcs[path.name]
-    if path.exists():
-        try:
-            with open(path, "rb") as f:
-                if hashlib.file_digest(f, "md5").hexdigest() == md5:
-                    return path
-        except OSError as e:
-            raise AutoSNNError(f"cannot read {path} ({e.strerror or e})") from None
-        if not download:
-            raise AutoSNNError(f"{path} has the wrong md5 (corrupt or incomplete); delete it or pass download=True "
-                             f"(train.py: --download)")
-        print(f"{path} has the wrong md5; downloading it again", file=sys.stderr)
-    elif not download:
-        raise AutoSNNError(f"{missing_msg}; pass download=True (train.py: --download) to fetch {url}")
-    _download(url, path, md5)
-    return path
-
-
-def _extract_tar(archive: Path, dest: Path) -> None:
-    try:
-        with tarfile.open(archive) as tar:
-            for m in tar.getmembers():
-                if m.issym() or m.islnk() or not (dest / m.name).resolve().is_relative_to(dest.resolve()):
-                    raise AutoSNNError(f"{archive} holds an unsafe member {m.name!r}; refusing to extract it")
-            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    except OSError as e:
-        if e.errno is not None:                        # writing: full disk, no permission
-            raise AutoSNNError(f"cannot extract {archive} into {dest} ({e.strerror or e})") from None
-        raise AutoSNNError(f"{archive} is not a readable tar archive ({e}); delete it and download it again") from None
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise AutoSNNError(f"{archive} is not a readable tar archive ({e}); delete it and download it again") from None
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only dicts/lists of numbers, bytes and numpy arrays: a downloaded pickle cannot run code."""
-    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar")}
-
-    def find_class(self, module, name):
-        if (module.replace("numpy._core", "numpy.core"), name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
-        if module.startswith("numpy.core") and hasattr(np, "_core"):   # numpy >= 2 renamed numpy.core
-            module = module.replace("numpy.core", "numpy._core", 1)
-        return super().find_class(module, name)
-
-
-def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR python pickle: {b'data': uint8 [N, 3072] (R, G, B planes of 32x32), label_key: N ints}."""
-    try:
-        with open(path, "rb") as f:
-            d = _ArrayUnpickler(f, encoding="bytes").load()
-    except Exception as e:   # a truncated or foreign pickle raises many different types
-        raise AutoSNNError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e}); delete it and extract "
-                         f"the archive again") from None
-    if not isinstance(d, dict) or b"data" not in d or label_key not in d:
-        raise AutoSNNError(f"{path} lacks the keys b'data' and {label_key!r}; is it the right CIFAR archive?")
-    data, labels = np.asarray(d[b"data"]), np.asarray(d[label_key], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
-        raise AutoSNNError(f"{path}: expected uint8 data [N, 3072] and N labels, got {data.dtype} {data.shape} and "
-                         f"{labels.shape} labels; the file is damaged, extract the archive again")
-    return data.reshape(-1, 3, 32, 32), labels
-
-
-def _load_cifar(root: Path, name: str, download: bool, srcs: dict):
-    if name == "cifar10":
-        archive, folder, train, test, key = ("cifar-10-python.tar.gz", "cifar-10-batches-py",
-                                             [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels")
-    else:
-        archive, folder, train, test, key = ("cifar-100-python.tar.gz", "cifar-100-python", ["train"], ["test"],
-                                             b"fine_labels")
-    base = root / folder
-    if not all((base / f).exists() for f in train + test):
-        _ensure(root / archive, download, srcs, f"{name} not found: expected {base}/{{{','.join(train + test)}}} "
-                                               f"or the archive {root / archive}")
-        _extract_tar(root / archive, root)
-        if missing := [f for f in train + test if not (base / f).exists()]:
-            raise AutoSNNError(f"{root / archive} did not contain {folder}/{missing}; is it the right archive?")
-    parts = [[_read_cifar_batch(base / f, key) for f in files] for files in (train, test)]
-    return [(np.concatenate([x for x, _ in p]), np.concatenate([y for _, y in p])) for p in parts]
-
-
-def _load_svhn(root: Path, name: str, download: bool, srcs: dict):
-    """SVHN .mat: X uint8 [32, 32, 3, N] (H, W, C, N), y [N, 1] in 1..10 where 10 means digit 0."""
-    out = []
-    for fname in ("train_32x32.mat", "test_32x32.mat"):
-        path = _ensure(root / "svhn" / fname, download, srcs,
-                       f"SVHN not found: expected {root / 'svhn'}/{{train_32x32.mat,test_32x32.mat}}")
-        try:
-            import scipy.io
-        except ImportError:
-            raise AutoSNNError("reading SVHN's .mat files needs scipy: pip install scipy") from None
-        try:
-            mat = scipy.io.loadmat(path)
-            x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
-        except Exception as e:
-            raise AutoSNNError(f"{path} is not a readable SVHN .mat file ({type(e).__name__}: {e})") from None
-        if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or len(y) != x.shape[3]
-                or not np.isin(y, np.arange(1, 11)).all()):
-            raise AutoSNNError(f"{path}: expected uint8 X [32, 32, 3, N] and N labels in 1..10, got {x.dtype} {x.shape}")
-        out.append((np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10))
-    return out
-
-
-def _load_tinyimagenet(root: Path, *_):
-    """Tiny-ImageNet-200 from its folders, decoded once into decoded_uint8.npz. Labels = index in sorted(wnids),
-    the order an ImageFolder over train/ gives. Test = the official val split (val_annotations.txt)."""
-    base = root / "tiny-imagenet-200"
-    cache = base / "decoded_uint8.npz"
-    if cache.exists():
-        try:
-            with np.load(cache) as z:
-                return (z["train_x"], z["train_y"]), (z["test_x"], z["test_y"])
-        except Exception as e:
-            raise AutoSNNError(f"{cache} is damaged ({e}); delete it to decode the images again") from None
-    if not (base / "wnids.txt").exists():
-        raise AutoSNNError(f"Tiny-ImageNet not found: expected {base}/wnids.txt, train/<wnid>/images/*.JPEG and "
-                                f"val/; run: wget http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip "
-                                f"tiny-imagenet-200.zip -d {root}")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise AutoSNNError("decoding Tiny-ImageNet's JPEG files needs Pillow: pip install pillow") from None
-    wnids = {w: k for k, w in enumerate(sorted({w.strip() for w in (base / "wnids.txt").read_text().split()}))}
-    train, test, ann = [], [], base / "val" / "val_annotations.txt"
-    for w, k in wnids.items():
-        files = sorted(p for p in (base / "train" / w / "images").glob("*") if p.suffix.lower() in (".jpeg", ".png"))
-        if not files:
-            raise AutoSNNError(f"{base / 'train' / w / 'images'} is missing or empty; unzip the archive again")
-        train += [(p, k) for p in files]
-    for line in filter(str.strip, ann.read_text().splitlines() if ann.exists() else []):
-        fname, w = (line.split("\t") + ["", ""])[:2]
-        if w not in wnids:
-            raise AutoSNNError(f"{ann}: {fname} has class {w!r}, which is not in wnids.txt")
-        test.append((base / "val" / "images" / fname, wnids[w]))
-    if not train or not test:
-        raise AutoSNNError(f"{base}: wnids.txt or {ann} is missing or empty; unzip the archive again")
-
-    def decode(items):
-        x = np.empty((len(items), 3, 64, 64), np.uint8)
-        for i, (p, _) in enumerate(items):
-            if not p.exists():
-                raise AutoSNNError(f"{p} not found (listed in the dataset); unzip the archive again")
-            try:
-                with Image.open(p) as im:
-                    a = np.asarray(im.convert("RGB"))
-            except Exception as e:   # PIL raises several types for damaged or foreign files
-                raise AutoSNNError(f"{p} is not a readable image ({type(e).__name__}: {e}); unzip the archive "
-                                   f"again") from None
-            if a.shape != (64, 64, 3):
-                raise AutoSNNError(f"{p}: expected a 64x64 image, got {a.shape[:2]}")
-            x[i] = a.transpose(2, 0, 1)
-        return x, np.array([k for _, k in items], np.int64)
-
-    (xtr, ytr), (xte, yte) = decode(train), decode(test)
-    try:
-        atomic_write(cache, lambda f: np.savez(f, train_x=xtr, train_y=ytr, test_x=xte, test_y=yte))
-    except OSError as e:
-        raise AutoSNNError(f"cannot write {cache} ({e.strerror or e}); make {base} writable") from None
-    return (xtr, ytr), (xte, yte)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Event-camera datasets: which recordings form each split (reading and caching them: events.py)
-
-def _cifar10dvs_samples(root: Path):
-    """{split: [(aedat path, label)]}: per class, files sorted by their numeric index; the first
-    (9 * n) // 10 train and the rest test (900 / 100 for the full 1000 recordings per class)."""
-    base = root / "cifar10dvs"
-    if not base.is_dir() or not any((base / c).is_dir() for c in CIFAR10DVS_CLASSES):
-        raise AutoSNNError(f"CIFAR10-DVS not found: expected {base}/<class>/cifar10_<class>_<i>.aedat for the "
-                                f"classes {', '.join(CIFAR10DVS_CLASSES)}; download the 10 class zips from https://"
-                                f"figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 and unzip them into {base}")
-    out = {"train": [], "test": []}
-    for label, cls in enumerate(CIFAR10DVS_CLASSES):
-        folder = base / cls
-        if not folder.is_dir():
-            raise AutoSNNError(f"{folder} not found; unzip {cls}.zip into {base}")
-        files = list(folder.glob("*.aedat"))
-        if not files:
-            raise AutoSNNError(f"{folder} holds no .aedat files; unzip {cls}.zip into {base} again")
-        number = lambda f: int(m.group(1)) if (m := re.search(r"(\d+)\.aedat$", f.name)) else -1
-        if bad := [f.name for f in files if number(f) < 0]:
-            raise AutoSNNError(f"{folder}: file names must end in _<index>.aedat, got {bad[:3]}")
-        files.sort(key=number)
-        k = (9 * len(files)) // 10
-        out["train"] += [(f, label) for f in files[:k]]
-        out["test"] += [(f, label) for f in files[k:]]
-    return out
-
-
-def _gesture_samples(root: Path):
-    """{split: [(aedat path, labels csv path)]} from the official trials_to_train/test.txt lists."""
-    base = root / "dvs128gesture" / "DvsGesture"
-    if not (base / "trials_to_train.txt").exists() or not (base / "trials_to_test.txt").exists():
-        raise AutoSNNError(f"DVS128-Gesture not found: expected {base}/ with trials_to_train.txt, "
-                                f"trials_to_test.txt, userXX_<lighting>.aedat and userXX_<lighting>_labels.csv; "
-                                f"download DvsGesture.tar.gz from http://research.ibm.com/dvsgesture/ and run: "
-                                f"tar -xzf DvsGesture.tar.gz -C {base.parent}")
-    out = {}
-    for split in ("train", "test"):
-        try:
-            names = [s.strip() for s in (base / f"trials_to_{split}.txt").read_text().splitlines() if s.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise AutoSNNError(f"cannot read {base / f'trials_to_{split}.txt'} ({e})") from None
-        if not names:
-            raise AutoSNNError(f"{base / f'trials_to_{split}.txt'} lists no recordings")
-        out[split] = [(base / n, base / (n[:-len(".aedat")] + "_labels.csv")) for n in names]
-        for aedat, csv in out[split]:
-            if not aedat.exists() or not csv.exists():
-                raise AutoSNNError(f"{aedat.name} or {csv.name} is missing from {base}; "
-                                        f"extract DvsGesture.tar.gz again")
-    return out
-
-
-def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int) -> Dataset:
+def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int, log) -> Dataset:
     """Frames cached once per sample (events.py); a complete cache is used without the raw files."""
     base = root / name
     folder, key = events.cache_folder(base, T, split_by), events.cache_key(name, T, split_by)
     cached = {s: events.read_index(folder, s, key) for s in ("train", "test")}
     if None in cached.values():
         old = base / f"frames_T{T}_{split_by}"
-        if old.is_dir():
-            print(f"{old} holds frames of an earlier version (another orientation or time split); it is not "
-                  f"used and can be deleted", file=sys.stderr)
-        listing = _cifar10dvs_samples(root) if name == "cifar10dvs" else _gesture_samples(root)
+        if old.is_dir() and log is not None:
+            log(f"{old} holds frames of an earlier version (another orientation or time split); it is not "
+                f"used and can be deleted")
+        listing = formats.cifar10dvs_recordings(root) if name == "cifar10dvs" else formats.gesture_recordings(root)
         for split, items in listing.items():
             if cached[split] is None:
                 samples = (((events.cifar10dvs_events(path), label) for path, label in items) if name == "cifar10dvs"
                            else itertools.chain.from_iterable(events.gesture_segments(a, c) for a, c in items))
-                cached[split] = events.write_split(folder, split, samples, T, split_by, key, name)
-    train, test = (Split(torch.tensor(cached[s][1], dtype=torch.long), files=tuple(cached[s][0]), is_event=True)
-                   for s in ("train", "test"))
+                cached[split] = events.write_split(folder, split, samples, T, split_by, key, name, log)
+    train, test = (Split(torch.tensor(cached[s][1], dtype=torch.long), files=tuple(cached[s][0]), is_event=True,
+                         log=log) for s in ("train", "test"))
     return Dataset(name, 10 if name == "cifar10dvs" else 11, (T, 2, *events.SENSOR), True, train, test, cutout)
 
 

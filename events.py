@@ -3,12 +3,15 @@
 Owns (paper section 5, CIFAR10-DVS and DVS128-Gesture): reading AEDAT 2.0 (CIFAR10-DVS) and AEDAT 3.1
 (DVS128-Gesture) recordings into event arrays x, y, p, t (int64 [N]), the CIFAR10-DVS orientation, cutting
 a DVS128-Gesture recording into its labelled segments, integrating events into T frames, and caching the
-frames of every sample on disk. Which files make up a dataset and its splits is data.py's job.
+frames of every sample on disk. Which files make up a dataset and its splits is formats.py's job; the
+datasets and their batches are data.py's. Nothing is printed: progress goes to the caller's `log` callback.
 
 Bit layouts
     AEDAT 2.0 (jAER DVS128): '#' header lines, then big-endian (uint32 address, uint32 timestamp [us])
-        pairs. Address bit 0 = polarity (0 = ON), bits 1-7 = raw x, bits 8-14 = raw y; bit 15 or 31 set
-        marks a special/sync event, which is dropped. p = 1 - bit 0, so p = 1 is ON.
+        pairs. Address bit 0 = polarity (0 = ON), bits 1-7 = raw x, bits 8-14 = raw y; bit 15 (external
+        / sync event) or bit 31 (not a DVS event) set marks a special event, which is dropped: its low
+        bits are no pixel. (spikingjelly 2.0.0's CIFAR10-DVS reader keeps every word, filter_dvs=False.)
+        p = 1 - bit 0, so p = 1 is ON.
     AEDAT 3.1 (libcaer): header ending '#!END-HEADER', then packets: a 28-byte little-endian header
         (int16 type, int16 source, int32 eventSize, tsOffset, tsOverflow, capacity, eventNumber, valid)
         and eventNumber * eventSize bytes. Polarity packets (type 1) hold 8-byte events: uint32 data
@@ -44,7 +47,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,9 +216,10 @@ def read_index(folder: Path, split: str, key: dict):
     return [str(folder / f) for f in files], labels
 
 
-def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: dict, name: str = ""):
+def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: dict, name: str = "", log=None):
     """Cache the frames of `samples` (an iterable of ((x, y, p, t), label)) as folder/split/<i>.npz and
-    then the index folder/split.json. Returns (files [absolute paths], labels)."""
+    then the index folder/split.json. Returns (files [absolute paths], labels). log(str), when given,
+    hears the progress every 500 samples."""
     try:
         (folder / split).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -228,8 +231,8 @@ def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: d
         files.append(f"{split}/{i:06d}.npz")
         labels.append(int(label))
         _write(folder / files[-1], lambda f: np.savez_compressed(f, frames=frames))
-        if (i + 1) % 500 == 0:
-            print(f"{name} {split}: {i + 1} samples cached in {folder}", file=sys.stderr)
+        if log is not None and (i + 1) % 500 == 0:
+            log(f"{name} {split}: {i + 1} samples cached in {folder}")
     text = json.dumps({"key": key, "files": files, "labels": labels})
     _write(folder / f"{split}.json", lambda f: f.write(text.encode()))
     return [str(folder / f) for f in files], labels

@@ -1,12 +1,7 @@
-"""Tests for data.py: every loader on tiny files written here in the exact on-disk format, the batch
-transforms against hand-computed values, splits, determinism, caching, download and every error path."""
+"""Tests for data.py: the options, the normalisation constants against the paper's, the batch transforms
+against hand-computed values, splits, determinism, the synthetic sets, and the input pipeline (copies per
+device, no host sync per batch, pinned first batches). The on-disk formats: test_formats.py."""
 import dataclasses
-import hashlib
-import io
-import pickle
-import shutil
-import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -16,276 +11,40 @@ import data
 from data import load_dataset
 from files import AutoSNNError
 
-CIFAR10_MEAN = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
-CIFAR10_STD = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
-
-
-def raw_pixels(x):
-    """Undo CIFAR-10 normalisation: [B, 3, H, W] -> pixel values 0..255 (float)."""
-    return (x * CIFAR10_STD + CIFAR10_MEAN) * 255
-
-
-# ---------------------------------------------------------------------------------------------- writers
-
-def write_pickle(path, obj):
-    """Protocol 2 with numpy 1.x module names, like the published CIFAR pickles."""
-    path.write_bytes(pickle.dumps(obj, protocol=2).replace(b"numpy._core.", b"numpy.core."))
-
-
-def write_cifar10(root, per_batch=4, seed=0):
-    """cifar-10-batches-py/ with 5 training batches and a test batch; returns (train_x, train_y, test_x, test_y)
-    with images as uint8 [N, 3, 32, 32]."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    xs, ys = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        y = rng.integers(0, 10, per_batch).tolist()
-        write_pickle(folder / name, {b"batch_label": name.encode(), b"labels": y, b"data": x,
-                                     b"filenames": [b"f.png"] * per_batch})
-        xs.append(x.reshape(-1, 3, 32, 32))
-        ys.append(np.array(y))
-    return np.concatenate(xs[:5]), np.concatenate(ys[:5]), xs[5], ys[5]
-
-
-def tar_gz(src_root, folder, archive):
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src_root / folder, arcname=folder)
-    return hashlib.md5(archive.read_bytes()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- static data
+# ---------------------------------------------------------------------------------------------- options, constants
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="cifar10, cifar100, svhn, tinyimagenet, cifar10dvs"):
         load_dataset("mnist")
 
 
-@pytest.mark.parametrize("kwargs", [dict(T=0), dict(split_by="space"), dict(cutout=-1)])
-def test_bad_options(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(T=0), "T must be a positive integer, got 0"),
+    (dict(T=2.5), "T must be a positive integer, got 2.5"),
+    (dict(split_by="space"), "split_by must be 'number' or 'time', got 'space'"),
+    (dict(cutout=-1), r"cutout must be >= 0 \(0 = off\), got -1"),
+    (dict(n_train=0), "n_train and n_test must be >= 1, got 0, 500"),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises(AutoSNNError, match=match):
         load_dataset("synthetic", **kwargs)
 
 
-def test_cifar10_pixels_labels_and_normalisation(tmp_path):
-    xtr, ytr, xte, yte = write_cifar10(tmp_path)
-    ds = load_dataset("cifar10", root=tmp_path)
-    assert (ds.name, ds.num_classes, ds.input_shape, ds.is_event) == ("cifar10", 10, (3, 32, 32), False)
-    assert len(ds.split("train")) == 20 and len(ds.split("test")) == 4
-    x, y = next(ds.split("test").batches(100))
-    assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape == (4, 3, 32, 32)
-    assert torch.equal(y, torch.from_numpy(yte))
-    assert torch.allclose(raw_pixels(x), torch.from_numpy(xte).float(), atol=1e-3)
-    # pixel 0 of the pickle row is R at (0, 0); pixel 1024 is G at (0, 0)
-    assert ds.train_data.images[0, 1, 0, 0] == np.frombuffer(xtr.tobytes(), np.uint8)[1024]
-    assert torch.equal(ds.train_data.labels, torch.from_numpy(ytr))
+# The paper's per-channel (R, G, B) mean and std of pixel / 255 (PAPER.md section 8; the original's transforms)
+PAPER_NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),        # ImageNet's
+}
 
 
-def test_cifar100_fine_labels(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    x = np.arange(3 * 3072, dtype=np.uint8).reshape(3, 3072)
-    for name in ("train", "test"):
-        write_pickle(folder / name, {b"data": x, b"fine_labels": [99, 0, 42], b"coarse_labels": [1, 2, 3]})
-    ds = load_dataset("cifar100", root=tmp_path)
-    assert ds.num_classes == 100 and ds.train_data.labels.tolist() == [99, 0, 42]
-    assert torch.equal(ds.test_data.images, torch.from_numpy(x.reshape(3, 3, 32, 32)))
-
-
-@pytest.mark.parametrize("obj, match", [
-    ({b"data": np.zeros((2, 3072), np.uint8)}, "lacks the keys"),
-    ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, "expected uint8 data"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "expected uint8 data"),
-])
-def test_cifar_bad_pickle(tmp_path, obj, match):
-    write_cifar10(tmp_path)
-    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_3", obj)
-    with pytest.raises(ValueError, match=match):
-        load_dataset("cifar10", root=tmp_path)
-
-
-def test_cifar_truncated_or_foreign_pickle(tmp_path):
-    write_cifar10(tmp_path)
-    path = tmp_path / "cifar-10-batches-py" / "test_batch"
-    path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(ValueError, match="not a readable CIFAR pickle"):
-        load_dataset("cifar10", root=tmp_path)
-    write_pickle(path, {b"data": io.BytesIO(b"code could hide here"), b"labels": []})   # a non-array object
-    with pytest.raises(ValueError, match="unexpected object"):
-        load_dataset("cifar10", root=tmp_path)
-
-
-def test_cifar10_label_out_of_range(tmp_path):
-    write_cifar10(tmp_path)
-    write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch",
-                 {b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]})
-    with pytest.raises(ValueError, match=r"in \[0, 10\)"):
-        load_dataset("cifar10", root=tmp_path)
-
-
-def test_svhn_mat_layout_and_label_10_is_zero(tmp_path):
-    scipy_io = pytest.importorskip("scipy.io")
-    rng = np.random.default_rng(0)
-    (tmp_path / "svhn").mkdir()
-    X = rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)          # H, W, C, N
-    y = np.array([[10], [1], [9], [10], [5]], np.uint8)
-    for name in ("train_32x32.mat", "test_32x32.mat"):
-        scipy_io.savemat(tmp_path / "svhn" / name, {"X": X, "y": y})
-    md5s = {n: ("http://unused", hashlib.md5((tmp_path / "svhn" / n).read_bytes()).hexdigest())
-            for n in ("train_32x32.mat", "test_32x32.mat")}
-    ds = load_dataset("svhn", root=tmp_path, sources=md5s)
-    assert ds.train_data.labels.tolist() == [0, 1, 9, 0, 5]
-    assert ds.train_data.images[3, 2, 7, 11] == X[7, 11, 2, 3]          # [N, C, H, W] <- [H, W, C, N]
-    # the real files are checked against their published md5, so these stand-ins are refused
-    with pytest.raises(ValueError, match="wrong md5"):
-        load_dataset("svhn", root=tmp_path)
-
-
-def test_svhn_missing_names_the_files(tmp_path):
-    with pytest.raises(AutoSNNError, match="train_32x32.mat,test_32x32.mat"):
-        load_dataset("svhn", root=tmp_path)
-
-
-def write_tinyimagenet(root, image_module):
-    """2 classes x 2 training images and 3 val images, PNG-encoded (lossless) under .JPEG names."""
-    base = root / "tiny-imagenet-200"
-    rng = np.random.default_rng(0)
-    (base).mkdir(parents=True)
-    (base / "wnids.txt").write_text("n0200\nn0100\n")                    # not sorted on purpose
-    images = {}
-    for w in ("n0100", "n0200"):
-        (base / "train" / w / "images").mkdir(parents=True)
-        for i in range(2):
-            images[(w, i)] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            image_module.fromarray(images[(w, i)]).save(base / "train" / w / "images" / f"{w}_{i}.JPEG", format="PNG")
-    (base / "val" / "images").mkdir(parents=True)
-    lines = []
-    for i, w in enumerate(("n0200", "n0100", "n0200")):
-        images[("val", i)] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        image_module.fromarray(images[("val", i)]).save(base / "val" / "images" / f"val_{i}.JPEG", format="PNG")
-        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return base, images
-
-
-def test_tinyimagenet_folders_and_decode_cache(tmp_path):
-    Image = pytest.importorskip("PIL.Image")
-    base, images = write_tinyimagenet(tmp_path, Image)
-    ds = load_dataset("tinyimagenet", root=tmp_path)
-    assert ds.input_shape == (3, 64, 64) and ds.num_classes == 200
-    assert ds.train_data.labels.tolist() == [0, 0, 1, 1]                 # sorted wnids: n0100 -> 0, n0200 -> 1
-    assert ds.test_data.labels.tolist() == [1, 0, 1]
-    assert np.array_equal(ds.train_data.images[2].numpy().transpose(1, 2, 0), images[("n0200", 0)])
-    assert np.array_equal(ds.test_data.images[1].numpy().transpose(1, 2, 0), images[("val", 1)])
-    assert (base / "decoded_uint8.npz").exists()
-    shutil.rmtree(base / "train")                                        # the second load reads the cache only
-    again = load_dataset("tinyimagenet", root=tmp_path)
-    assert torch.equal(again.train_data.images, ds.train_data.images)
-
-
-def test_tinyimagenet_bad_folders(tmp_path):
-    Image = pytest.importorskip("PIL.Image")
-    base, _ = write_tinyimagenet(tmp_path, Image)
-    for f in (base / "train" / "n0100" / "images").iterdir():
-        f.unlink()
-    with pytest.raises(ValueError, match="missing or empty"):
-        load_dataset("tinyimagenet", root=tmp_path)
-
-
-def test_tinyimagenet_missing_and_without_pillow(tmp_path, monkeypatch):
-    with pytest.raises(AutoSNNError, match="tiny-imagenet-200.zip"):
-        load_dataset("tinyimagenet", root=tmp_path)
-    (tmp_path / "tiny-imagenet-200").mkdir()
-    (tmp_path / "tiny-imagenet-200" / "wnids.txt").write_text("n01\n")
-    monkeypatch.setitem(sys.modules, "PIL", None)                        # import PIL now fails
-    with pytest.raises(AutoSNNError, match="pip install pillow"):
-        load_dataset("tinyimagenet", root=tmp_path)
-
-
-# ---------------------------------------------------------------------------------------------- download
-
-def make_archive(tmp_path):
-    src = tmp_path / "src"
-    expected = write_cifar10(src)
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    md5 = tar_gz(src, "cifar-10-batches-py", archive)
-    return {"cifar-10-python.tar.gz": (archive.as_uri(), md5)}, expected
-
-
-def test_download_good_archive_replaces_stale_part(tmp_path):
-    sources, (xtr, _, _, _) = make_archive(tmp_path)
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "cifar-10-python.tar.gz.part").write_bytes(b"half of an old download")
-    ds = load_dataset("cifar10", root=root, download=True, sources=sources)
-    assert torch.equal(ds.train_data.images, torch.from_numpy(xtr))
-    assert not (root / "cifar-10-python.tar.gz.part").exists()
-    md5 = hashlib.md5((root / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
-    assert md5 == sources["cifar-10-python.tar.gz"][1]
-
-
-def test_download_checksum_mismatch_keeps_nothing(tmp_path):
-    sources, _ = make_archive(tmp_path)
-    url, _ = sources["cifar-10-python.tar.gz"]
-    root = tmp_path / "root"
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        load_dataset("cifar10", root=root, download=True, sources={"cifar-10-python.tar.gz": (url, "0" * 32)})
-    assert list(root.iterdir()) == []
-
-
-def test_corrupt_existing_archive_is_fetched_again_or_refused(tmp_path):
-    sources, (xtr, _, _, _) = make_archive(tmp_path)
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "cifar-10-python.tar.gz").write_bytes(b"truncated")
-    with pytest.raises(ValueError, match="wrong md5"):
-        load_dataset("cifar10", root=root, sources=sources)
-    ds = load_dataset("cifar10", root=root, download=True, sources=sources)
-    assert torch.equal(ds.train_data.images, torch.from_numpy(xtr))
-
-
-def test_missing_dataset_one_clear_error_and_part_unused(tmp_path):
-    (tmp_path / "cifar-10-python.tar.gz.part").write_bytes(b"x")
-    with pytest.raises(AutoSNNError, match=r"cifar-10-batches-py/\{data_batch_1,.*test_batch\}.*download=True"):
-        load_dataset("cifar10", root=tmp_path)
-    with pytest.raises(AutoSNNError, match="could not download"):
-        load_dataset("cifar10", root=tmp_path, download=True,
-                     sources={"cifar-10-python.tar.gz": ((tmp_path / "nowhere.tar.gz").as_uri(), "0" * 32)})
-
-
-@pytest.mark.parametrize("name", ["cifar10", "svhn", "cifar10dvs"])
-def test_data_root_that_is_a_file(tmp_path, name):
-    root = tmp_path / "data"
-    root.write_text("not a folder")
-    with pytest.raises(AutoSNNError, match=f"data root {root} is a file"):
-        load_dataset(name, root=root, download=True)
-
-
-def test_download_that_cannot_be_written_names_the_file(tmp_path):
-    sources, _ = make_archive(tmp_path)
-    root = tmp_path / "root"
-    (root / "cifar-10-python.tar.gz.part").mkdir(parents=True)            # a folder where the download goes
-    with pytest.raises(AutoSNNError, match=r"cannot write .*cifar-10-python.tar.gz.part"):
-        load_dataset("cifar10", root=root, download=True, sources=sources)
-    (root / "cifar-10-python.tar.gz").mkdir()                              # a folder where the archive goes
-    with pytest.raises(AutoSNNError, match=r"cannot read .*cifar-10-python.tar.gz"):
-        load_dataset("cifar10", root=root, download=True, sources=sources)
-
-
-def test_archive_with_unsafe_member_is_refused(tmp_path):
-    evil = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(evil, "w:gz") as tar:
-        info = tarfile.TarInfo("../escape.txt")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"hi"))
-    md5 = hashlib.md5(evil.read_bytes()).hexdigest()
-    root = tmp_path / "root"
-    root.mkdir()
-    shutil.copy(evil, root / evil.name)
-    with pytest.raises(ValueError, match="unsafe member"):
-        load_dataset("cifar10", root=root, sources={evil.name: ("http://unused", md5)})
-    assert not (tmp_path / "escape.txt").exists()
+@pytest.mark.parametrize("name", sorted(PAPER_NORMALISATION))
+def test_normalisation_constants_are_the_papers_per_channel(name):
+    mean, std = data.NORMALISATION[name]
+    for c, channel in enumerate("RGB"):
+        assert mean[c] == PAPER_NORMALISATION[name][0][c], f"{name} mean of {channel}"
+        assert std[c] == PAPER_NORMALISATION[name][1][c], f"{name} std of {channel}"
 
 
 # ---------------------------------------------------------------------------------------------- transforms
@@ -315,12 +74,12 @@ def test_cutout_zeroes_exactly_the_clipped_square():
     assert torch.equal(out, expected[:, None].expand(2, 3, 10, 10))
 
 
-def test_train_batches_are_padded_crops_and_flips_of_the_originals(tmp_path):
-    xtr, _, _, _ = write_cifar10(tmp_path)
-    ds = load_dataset("cifar10", root=tmp_path)
+def test_train_batches_are_padded_crops_and_flips_of_the_originals():
+    ds = load_dataset("synthetic", n_train=20, n_test=4)
     x, _ = next(ds.split("train").batches(20, generator=torch.Generator().manual_seed(3)))
-    got = raw_pixels(x).round()
-    orig = torch.from_numpy(xtr).float()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in data.NORMALISATION["synthetic"])
+    got = ((x * std + mean) * 255).round()                                # back to raw pixels
+    orig = ds.train_data.images.float()
     padded = torch.nn.functional.pad(orig, (4, 4, 4, 4))                  # raw-space zero padding
     found = set()
     for b in range(20):
@@ -331,9 +90,8 @@ def test_train_batches_are_padded_crops_and_flips_of_the_originals(tmp_path):
     assert len(found) > 5                                                 # the offsets really vary
 
 
-def test_cutout_through_batches(tmp_path):
-    write_cifar10(tmp_path)
-    ds = load_dataset("cifar10", root=tmp_path)
+def test_cutout_through_batches():
+    ds = load_dataset("synthetic", n_train=4, n_test=4)                  # no pixel normalises to exactly 0
     plain, _ = next(ds.split("test").batches(4))
     cut, _ = next(dataclasses.replace(ds.test_data, cutout=16).batches(4, generator=torch.Generator().manual_seed(0)))
     for b in range(4):
@@ -359,6 +117,20 @@ def test_search_split_is_by_index_and_val_uses_test_transforms():
     for bad in (0, 1, 1.5, -0.2):
         with pytest.raises(ValueError, match="fraction"):
             ds.search_split(bad)
+
+
+@pytest.mark.parametrize("n, fraction, k", [
+    (7, 0.8, 5),        # 5.6: floor 5, round 6
+    (29, 0.5, 14),      # 14.5
+    (19, 0.9, 17),      # 17.1 (the paper's D_val share would round the same way: no help)
+    (100, 0.29, 29),    # 0.29 * 100 = 28.999999999999996 in floats: the decimal product is 29
+])
+def test_search_split_floors_the_training_part(n, fraction, k):
+    """D_train = the first floor(fraction * N) samples (train_portion in the original: int(N * 0.8))."""
+    ds = load_dataset("synthetic", n_train=n, n_test=10)
+    train, val = ds.search_split(fraction)
+    assert (len(train), len(val)) == (k, n - k)
+    assert torch.equal(val.labels, ds.train_data.labels[k:])
 
 
 def test_batches_deterministic_per_seed_and_shapes():
@@ -486,27 +258,36 @@ def test_constants_and_samples_are_copied_once_per_device():
     assert part._copies == {} and part._copies is not train._copies        # a subset has its own samples
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["synthetic", "synthetic-dvs"])
-def test_no_host_sync_per_batch_on_cuda(name):
-    ds = load_dataset(name, n_train=64, n_test=8, T=2, cutout=8)
-    split = ds.split("train")
-    it = split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0), device="cuda")
-    first = next(it)                                  # copies the samples to the card, once
-    assert split._copies[str(first[0].device)].images.dtype == torch.uint8
+def cuda_epoch_without_sync(split, batch_size: int, seed: int) -> tuple[list, list]:
+    """(CPU batches, CUDA batches) of one shuffled epoch of `split`. Every CUDA batch after the first (which
+    copies the samples to the card) runs under sync debug mode "error", so a host sync raises."""
+    it = split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device="cuda")
+    first = next(it)
     torch.cuda.set_sync_debug_mode("error")
     try:
         rest = list(it)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    cpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    for (xc, yc), (xg, yg) in zip(cpu, [first] + rest):
+    cpu = list(split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+    return cpu, [first] + rest
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-dvs"])
+def test_no_host_sync_per_batch_on_cuda(name):
+    ds = load_dataset(name, n_train=64, n_test=8, T=2, cutout=8)
+    split = ds.split("train")
+    cpu, gpu = cuda_epoch_without_sync(split, 16, 0)
+    assert split._copies[str(gpu[0][0].device)].images.dtype == torch.uint8   # the samples went over as uint8
+    assert len(gpu) == 4
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
         assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_samples_that_do_not_fit_come_from_pinned_memory(monkeypatch):
-    ds = load_dataset("synthetic", n_train=40, n_test=4, cutout=8)
+    said = []
+    ds = load_dataset("synthetic", n_train=40, n_test=4, cutout=8, log=said.append)
     split = ds.split("train")
     upload = torch.Tensor.to
 
@@ -519,6 +300,7 @@ def test_samples_that_do_not_fit_come_from_pinned_memory(monkeypatch):
     monkeypatch.undo()
     on = split._copies[str(gpu[0][0].device)]
     assert on.images is None and on.host.is_pinned() and gpu[0][0].is_cuda
+    assert said == [f"40 samples do not fit on {gpu[0][0].device}; they stay in host memory"]
     cpu = list(split.batches(16, shuffle=True, generator=torch.Generator().manual_seed(2)))
     assert all(torch.allclose(a, b.cpu(), atol=1e-6) and torch.equal(ya, yb.cpu())
                for (a, ya), (b, yb) in zip(cpu, gpu))

@@ -13,9 +13,10 @@ import torch
 
 import data
 import events
+import formats
 from data import load_dataset
 from files import AutoSNNError
-from test_data import count_host_syncs
+from test_data import count_host_syncs, cuda_epoch_without_sync
 
 # ---------------------------------------------------------------------------------------------- writers
 
@@ -126,6 +127,26 @@ def test_aedat20_bit_layout_orientation_and_truncation(tmp_path):
         events.read_aedat20(path)
 
 
+def test_aedat20_special_events_are_dropped(tmp_path):
+    """jAER's DVS128 address word: bit 15 flags an external (sync) event and bit 31 a non-DVS one; their low
+    bits would otherwise read as a pixel, so both are dropped. (spikingjelly's CIFAR10-DVS reader keeps
+    every word: its filter_dvs defaults to False.)"""
+    words = [((3 << 8) | (2 << 1), 10),                                  # DVS: raw x 2, raw y 3, ON
+             ((1 << 31) | (3 << 8) | (2 << 1), 11),                       # bit 31, same pixel
+             ((1 << 31) | (1 << 15) | (7 << 8) | (9 << 1) | 1, 12),       # bits 31 and 15
+             ((1 << 31), 13),                                             # bit 31 alone: would read as (0, 0)
+             ((5 << 8) | (4 << 1) | 1, 14)]                               # DVS: raw x 4, raw y 5, OFF
+    path = tmp_path / "cifar10_cat_0.aedat"
+    path.write_bytes(b"#!AER-DAT2.0\r\n# This is a raw AE data file\r\n"
+                     + b"".join(struct.pack(">II", a, t) for a, t in words))
+    x, y, p, t = events.read_aedat20(path)
+    assert (x.tolist(), y.tolist(), p.tolist(), t.tolist()) == ([2, 4], [3, 5], [1, 0], [10, 14])
+    x, y, p, t = events.cifar10dvs_events(path)
+    assert (x.tolist(), y.tolist(), t.tolist()) == ([124, 122], [125, 123], [10, 14])
+    frames = events.events_to_frames(x, y, p, t, T=1)
+    assert frames.sum() == 2 and frames[0, 1, 125, 124] == 1 and frames[0, 0, 127, 127] == 0
+
+
 def write_gesture(root, csv_train="class,startTime_usec,endTime_usec\n3,100,200\n11,200,300\n"):
     base = root / "dvs128gesture" / "DvsGesture"
     base.mkdir(parents=True)
@@ -195,7 +216,7 @@ def write_cifar10dvs(root):
     """airplane: 11 recordings (index 0..10), every other class 2; recording i of airplane has i + 1 events;
     truck's second recording has 600 events at one pixel (counts above 255 per frame)."""
     base = root / "cifar10dvs"
-    for c, cls in enumerate(data.CIFAR10DVS_CLASSES):
+    for c, cls in enumerate(formats.CIFAR10DVS_CLASSES):
         (base / cls).mkdir(parents=True)
         for i in range(11 if c == 0 else 2):
             events = [(2, 3, 0, 10 * k) for k in range(i + 1)] if c == 0 else [(c, c, 1, 5), (c, c, 1, 6)]
@@ -222,7 +243,7 @@ def test_cifar10dvs_split_rule_flip_and_cache(tmp_path):
     aug = torch.cat([x for x, _ in ds.split("train").batches(6, generator=torch.Generator().manual_seed(0))])
     flipped = [torch.equal(a, p.flip(-1)) for a, p in zip(aug, plain)]
     assert all(f or torch.equal(a, p) for f, a, p in zip(flipped, aug, plain)) and 0 < sum(flipped) < 18
-    for cls in data.CIFAR10DVS_CLASSES:                                   # raw recordings gone: the cache is used
+    for cls in formats.CIFAR10DVS_CLASSES:                                   # raw recordings gone: the cache is used
         shutil.rmtree(base / cls)
     again = load_dataset("cifar10dvs", root=tmp_path, T=2)
     assert torch.equal(torch.cat([x for x, _ in again.split("test").batches(4)]), test_x)
@@ -259,8 +280,10 @@ def test_cache_key_names_version_orientation_and_split(tmp_path, capsys):
     old = tmp_path / "cifar10dvs" / "frames_T2_number"                   # a version-1 cache: never read
     (old / "test").mkdir(parents=True)
     (old / "test.json").write_text('{"files": [], "labels": []}')
-    ds = load_dataset("cifar10dvs", root=tmp_path, T=2)
-    assert "earlier version" in capsys.readouterr().err and len(ds.test_data) == 11
+    said = []
+    ds = load_dataset("cifar10dvs", root=tmp_path, T=2, log=said.append)
+    assert len(said) == 1 and said[0].startswith(f"{old} holds frames of an earlier version")
+    assert len(ds.test_data) == 11 and capsys.readouterr() == ("", "")   # the library itself prints nothing
     folder = tmp_path / "cifar10dvs" / f"frames_v{events.CACHE_VERSION}_T2_number"
     meta = json.loads((folder / "test.json").read_text())
     assert meta["key"] == events.cache_key("cifar10dvs", 2, "number")
@@ -272,6 +295,23 @@ def test_cache_key_names_version_orientation_and_split(tmp_path, capsys):
     (folder / "test.json").write_text("{")
     with pytest.raises(AutoSNNError, match="test.json is damaged"):
         load_dataset("cifar10dvs", root=tmp_path, T=2)
+
+
+def test_cache_progress_goes_to_the_callers_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(events, "_write", lambda path, write: None)       # progress only, no 1000 files
+    one = ((np.array([1]), np.array([2]), np.array([1]), np.array([0])), 0)
+    said = []
+    events.write_split(tmp_path, "train", [one] * 1000, 2, "number", {}, "cifar10dvs", said.append)
+    assert said == [f"cifar10dvs train: {k} samples cached in {tmp_path}" for k in (500, 1000)]
+    events.write_split(tmp_path, "test", [one] * 500, 2, "number", {}, "cifar10dvs")   # no log: silent
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.undo()
+    write_cifar10dvs(tmp_path)                                            # load_dataset hands its log down
+    handed = []
+    write = events.write_split
+    monkeypatch.setattr(events, "write_split", lambda *a: handed.append(a[-1]) or write(*a))
+    load_dataset("cifar10dvs", root=tmp_path, T=2, log=said.append)
+    assert handed == [said.append] * 2
 
 
 def test_damaged_cached_frames_name_the_file(tmp_path):
@@ -356,13 +396,6 @@ def test_file_batches_no_host_sync_and_same_as_in_memory(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_file_batches_no_host_sync_on_cuda(tmp_path):
-    split = file_split(tmp_path, augment=True, cutout=30)
-    it = split.batches(3, shuffle=True, generator=torch.Generator().manual_seed(4), device="cuda")
-    first = next(it)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        rest = list(it)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    cpu = list(split.batches(3, shuffle=True, generator=torch.Generator().manual_seed(4)))
-    assert all(torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu()) for (a, ya), (b, yb) in zip(cpu, [first] + rest))
+    cpu, gpu = cuda_epoch_without_sync(file_split(tmp_path, augment=True, cutout=30), 3, 4)
+    assert len(gpu) == 4
+    assert all(torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu()) for (a, ya), (b, yb) in zip(cpu, gpu))
