@@ -179,15 +179,17 @@ def fold(layer, x):
 
 
 class Conv(nn.Conv2d):
-    """nn.Conv2d (no bias, 'same' padding) on [T, B, C, H, W], time folded into the batch, in
-    channels_last memory order (faster convolutions on CPU and GPU; values are the same)."""
+    """nn.Conv2d (no bias, 'same' padding) on [T, B, C, H, W], time folded into the batch.
+
+    Plain NCHW, as the original: channels_last makes oneDNN pick other kernels whose rounding flips
+    spikes of membranes that sit at the threshold (training stopped matching the original)."""
 
     def __init__(self, cin, cout, k, stride=1, analog=False):
         super().__init__(cin, cout, k, stride, k // 2, bias=False)
         self.analog = analog      # its input is an image, not spikes (energy: MACs, not accumulates)
 
     def forward(self, x):
-        return fold(lambda z: super(Conv, self).forward(z.contiguous(memory_format=torch.channels_last)), x)
+        return fold(super().forward, x)
 
 
 class TimeBatchNorm(nn.BatchNorm2d):
@@ -691,7 +693,6 @@ class SpikingNetwork(nn.Module):
         population = 1 if neuron == "ann" else POPULATION
         self.fc = nn.Linear(cin * side * side, num_classes * population, bias=False)
         self.fc_neuron = None if neuron == "ann" else make_neuron()
-        self.to(memory_format=torch.channels_last)          # conv weights in the activations' order
 
     def _path(self, arch) -> Arch:
         if arch is None:

@@ -103,7 +103,6 @@ class HandcraftedSNN(nn.Module):
         widths = [cin * side * side] + [C * h for h in hidden] + [num_classes * POPULATION]
         self.fcs = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:]))
         self.fc_neurons = nn.ModuleList(make_neuron() for _ in self.fcs)
-        self.to(memory_format=torch.channels_last)
 
     def spec(self) -> dict:
         """Everything needed to rebuild this network (autosnn.build_from_spec)."""
