@@ -206,7 +206,6 @@ def to_nir(net: nn.Module, dt: float = 1.0, normalisation=None, pooling: str = "
     images must be normalised with before they are fed, recorded in the metadata (None: none, e.g.
     raw event counts). pooling: 'sum' (nir.SumPool2d / nir.AvgPool2d) or 'conv' (depthwise Conv2d).
     Raises AutoSNNError, naming the layer, for what NIR cannot represent (the ANN ablation)."""
-    nir = import_nir()
     if not dt > 0:
         raise AutoSNNError(f"dt must be > 0 (got {dt})")
     if pooling not in ("sum", "conv"):
@@ -214,6 +213,7 @@ def to_nir(net: nn.Module, dt: float = 1.0, normalisation=None, pooling: str = "
     if getattr(net, "neuron", None) == "ann":
         raise AutoSNNError("layer 'stem.n1' is a ReLU (the ANN ablation, neuron='ann'): NIR describes spiking "
                            "networks; export a network trained with neuron plif, lif or if")
+    nir = import_nir()
     g = _Graph(nir, dt, pooling)
     shape = tuple(net.input_shape)
     x = g.add("input", nir.Input(input_type={"input": np.array(shape)}))
