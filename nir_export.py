@@ -32,8 +32,8 @@ What each part of the network becomes (node names are the network's module names
                    nir.Affine 'readout' with weights 1/10 (the group mean) -> nir.Output [K].
   stem             nir.Input [C, H, W]: a static image is fed at every step (the network's direct
                    encoding); event data one frame per step.
-pooling="conv" writes every pooling window as a depthwise nir.Conv2d instead (weights 1, resp.
-1/(kh*kw)), for readers without pooling nodes (snnTorch 1.0 has no SumPool2d, Norse 1.1 no AvgPool2d).
+pooling="conv" writes every pooling window as a nir.Conv2d instead (channel-diagonal weights 1,
+resp. 1/(kh*kw)), for readers without pooling nodes (snnTorch 1.0 has no SumPool2d, Norse 1.1 no AvgPool2d).
 The readout: class score = sum over the T steps of the Output node. The graph's metadata says so,
 with the architecture, T, input shape and normalisation, dt, and the firing rule: this project fires
 at v >= v_th, NIR readers at v > v_th (they differ only for a membrane exactly on the threshold).
@@ -122,9 +122,12 @@ class _Graph:
         kh, kw = k
         out = (shape[0], shape[1] // kh, shape[2] // kw)
         if self.pooling == "conv":
-            w = np.zeros((shape[0], 1, kh, kw), np.float32) + np.float32(1.0 / (kh * kw) if average else 1.0)
+            # channel-diagonal, groups=1: nir 1.0.8's shape inference ignores groups (a depthwise
+            # conv fails its type check); the zero weights add exact zeros
+            w = np.zeros((shape[0], shape[0], kh, kw), np.float32)
+            w[np.arange(shape[0]), np.arange(shape[0])] = 1.0 / (kh * kw) if average else 1.0
             node = self.nir.Conv2d(input_shape=tuple(shape[1:]), weight=w, stride=(kh, kw), padding=(0, 0),
-                                   dilation=(1, 1), groups=shape[0], bias=np.zeros(shape[0], np.float32))
+                                   dilation=(1, 1), groups=1, bias=np.zeros(shape[0], np.float32))
         else:
             kind = self.nir.AvgPool2d if average else self.nir.SumPool2d
             node = kind(kernel_size=np.array(k), stride=np.array(k), padding=np.array([0, 0]))
@@ -204,7 +207,7 @@ def to_nir(net: nn.Module, dt: float = 1.0, normalisation=None, pooling: str = "
     statistics are used (eval semantics), whatever its mode. dt: the time step the graph's time
     constants are expressed in (tau = dt / k). normalisation: (mean, std) per input channel that the
     images must be normalised with before they are fed, recorded in the metadata (None: none, e.g.
-    raw event counts). pooling: 'sum' (nir.SumPool2d / nir.AvgPool2d) or 'conv' (depthwise Conv2d).
+    raw event counts). pooling: 'sum' (nir.SumPool2d / nir.AvgPool2d) or 'conv' (Conv2d windows).
     Raises AutoSNNError, naming the layer, for what NIR cannot represent (the ANN ablation)."""
     if not dt > 0:
         raise AutoSNNError(f"dt must be > 0 (got {dt})")

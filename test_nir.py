@@ -134,6 +134,8 @@ def seeded(net, seed=0):
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 1.5)
             m.bias.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.3)
+        if isinstance(m, torch.nn.Linear):
+            m.weight.data *= 6
         if isinstance(m, Neuron) and m.kind == "plif":
             m.w.data.fill_(0.7)
     return net.eval()
@@ -145,14 +147,16 @@ def seeded(net, seed=0):
     lambda: SpikingNetwork("SNN_3_4", 3, "SRB_k3-skip_connect-SCB_k3-skip_connect-SRB_k3-SRB_k3-skip_connect-SRB_k3",
                            T=3),
     lambda: SpikingNetwork("SNN_2_4", 3, "SRB_k3-skip_connect-SCB_k3-SRB_k3-skip_connect", T=3, neuron="if"),
-    lambda: SpikingNetwork("SNN_4_4", 3, "SCB_k3-SRB_k3-skip_connect-SRB_k3-SCB_k3", T=3, neuron="lif"),
-    lambda: HandcraftedSNN("resnet11-lee", 3, T=3, width=4),
-    lambda: SpikingNetwork("AutoSNN_4", 3, "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3", T=3, input_shape=(3, 2, 32, 32)),
-], ids=["snn3-factorized", "snn2-gap-if", "snn4-avgpool-lif", "resnet11-baseline", "event-stem"])
+    lambda: SpikingNetwork("SNN_4_4", 3, "SCB_k3-SRB_k3-skip_connect-SRB_k3-SCB_k3", T=3, neuron="if"),
+    lambda: HandcraftedSNN("resnet11-lee", 3, T=3, width=4, neuron="if"),
+    lambda: SpikingNetwork("AutoSNN_4", 3, "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3", T=3, input_shape=(3, 2, 32, 32),
+                           neuron="lif", tau0=1.5),
+], ids=["snn3-factorized", "snn2-gap-if", "snn4-avgpool-if", "resnet11-baseline", "event-stem"])
 @pytest.mark.parametrize("pooling", ["sum", "conv"])
 def test_graph_computes_the_network(make, pooling):
     """Every layer kind: the exported graph run at our firing rule gives our spikes (BN folding may
-    flip a membrane that sits on the threshold; nothing more)."""
+    flip a membrane that sits on the threshold; nothing more). IF after average pools: a PLIF/LIF
+    there stays silent at v_th = 1 (the mean of spikes never exceeds 1), which would test nothing."""
     torch.manual_seed(0)
     net = seeded(make())
     event = net.stem.kind.startswith("event")
@@ -161,6 +165,7 @@ def test_graph_computes_the_network(make, pooling):
     graph = to_nir(net, dt=0.5, pooling=pooling)
     ran_out, ran = run_nir(graph, x, net.T, fire_at_threshold=True)
     diff, total = disagreement(ours, ran)
+    print(f"graph vs network: {diff} of {total} neuron outputs differ")
     assert diff / total < MAX_DIFF, f"{diff} of {total}"
     for name, s in ours.items():
         assert s.any(), f"{name} never fires: the check would be empty"

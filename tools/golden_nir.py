@@ -21,7 +21,7 @@ then run one image and one time step at a time by
     output (and it returns the second-to-last node when the Output node has no module);
   - snnTorch 1.0: snntorch.import_nir.import_from_nir (its own nirtorch.nir_to_torch path); it
     fixes dt = 1e-4 and reads neither SumPool2d nor AvgPool2d for Norse's sake, so it gets the graph
-    exported at dt = 1e-4 with pooling='conv' (depthwise 2x2 convs of weight 1 before the threshold).
+    exported at dt = 1e-4 with pooling='conv' (2x2 stride-2 convs, channel-diagonal weights 1, before the threshold).
 Stored per reader: every neuron node's output spikes [T, B, ...] (bit-packed), class scores [B, K].
 """
 import argparse
