@@ -59,8 +59,8 @@ def build(case: str):
     """Our network of `case`, weights and batch from one seeded generator: (net, x, labels).
     Conv/linear weights ~ U(-a, a), a = GAIN / sqrt(fan_in): at torch's default scale (GAIN 1) the
     classifier never fires and eval goes silent after the first block, which would leave the class
-    counts and the eval pass untested. BN (1, 0) and PLIF w = 0 as initialised. x: [B, 3, 32, 32] normal, or [B, T, 2, 128, 128]
-    event counts in {0, 1, 2}."""
+    counts and the eval pass untested. BN (1, 0) and PLIF w = 0 as initialised.
+    x: [B, 3, 32, 32] normal, or [B, T, 2, 128, 128] event counts in {0, 1, 2}; labels: [B]."""
     spec = CASES[case]
     shape = spec.get("input_shape", (3, 32, 32))
     net = SpikingNetwork(spec["backbone"], 10, arch=None if spec.get("supernet") else spec["arch"],
@@ -94,9 +94,9 @@ def run_passes(net, forward, params: dict, bns: dict, x, labels, reset=lambda: N
     Returns plain numbers: {'train': {...}, 'train_after_step': {...}, 'eval': {...}}."""
     def pass_(train: bool) -> dict:
         out, spikes = forward(x)
-        row = {"spikes": {k: int(v) for k, v in spikes.items()},
-               "class_counts": (out.detach() * 10).round().int().tolist()}    # firing neurons of 10, summed over T
-        assert torch.allclose(out.detach() * 10, (out.detach() * 10).round(), atol=1e-4)
+        fired = out.detach() * 10            # [B, K] firing neurons of each class's 10, summed over T
+        assert torch.allclose(fired, fired.round(), atol=1e-4)
+        row = {"spikes": {k: int(v) for k, v in spikes.items()}, "class_counts": fired.round().int().tolist()}
         if train:
             loss = rate_loss(out, labels, T)
             loss.backward()
@@ -124,6 +124,7 @@ def run_passes(net, forward, params: dict, bns: dict, x, labels, reset=lambda: N
 
 
 def measure_ours(case: str) -> dict:
+    """run_passes on our network of `case` (its path's parameters and BN layers only)."""
     net, x, labels = build(case)
     spec = CASES[case]
     arch = spec["arch"] if spec.get("supernet") else None

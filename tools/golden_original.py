@@ -57,10 +57,20 @@ def original_name(ours: str, supernet: bool) -> str:
     return (b + ours_dot[len(a):])[:-1]
 
 
+def fail(message: str):
+    """One line for people, exit status 2 (the project's convention)."""
+    print(f"golden_original: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_original(root: Path):
     """The original's childnet and supernet modules and spikingjelly's functional (reset_net)."""
     sys.path.insert(0, str(root))
-    import plif_node                                       # noqa: F401  (fails without spikingjelly 0.0.0.0.2)
+    try:
+        import spikingjelly.clock_driven.neuron          # noqa: F401  (the original's neuron API)
+    except ImportError:
+        fail("spikingjelly 0.0.0.0.2 is not importable: pip install --no-deps --target "
+             "~/.cache/autosnn-peer-site spikingjelly==0.0.0.0.2, then PYTHONPATH=~/.cache/autosnn-peer-site")
     from retrain import childnet
     from train_supernet import supernet
     from spikingjelly.clock_driven import functional
@@ -87,8 +97,7 @@ def build_original(case: str, ours, childnet, supernet):
         forward = lambda x: net(x)[0]                                               # noqa: E731
     sd = {original_name(k, bool(spec.get("supernet"))): v for k, v in ours.state_dict().items()}
     if set(sd) != set(net.state_dict()):
-        raise SystemExit(f"{case}: name mapping does not cover the original: "
-                         f"{sorted(set(sd) ^ set(net.state_dict()))[:6]}")
+        fail(f"{case}: the name mapping does not fit the original: {sorted(set(sd) ^ set(net.state_dict()))[:6]}")
     net.load_state_dict(sd)
     return net, forward
 
@@ -177,12 +186,13 @@ def literal(v, indent=0, width=118) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--original", required=True, type=Path, help="folder of the original code (../shared/peer/original)")
+    ap.add_argument("--original", required=True, type=Path,
+                    help="folder of the original code (../shared/peer/original)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--case", action="append", choices=list(tc.CASES), help="only these cases (default: all)")
     a = ap.parse_args()
     if not (a.original / "retrain" / "childnet.py").is_file():
-        raise SystemExit(f"{a.original}: not the original AutoSNN code (no retrain/childnet.py)")
+        fail(f"{a.original}: not the original AutoSNN code (no retrain/childnet.py)")
     torch.set_num_threads(a.threads)
     childnet, supernet, functional = load_original(a.original.resolve())
     golden = {}
