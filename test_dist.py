@@ -118,6 +118,9 @@ def _train_worker(r, n, port, folder):
     dist.setup("cpu", 16)
     torch.save(_linear_step(), Path(folder) / f"linear{r}.pt")
     torch.save(_train(Path(folder)), Path(folder) / f"rank{r}.pt")
+    dist.shutdown()
+    dist.shutdown()                                   # idempotent
+    assert not dist.active() and dist.rank() == r     # the rank outlives the group (messages at exit)
 
 
 def test_two_ranks_train_the_supernet_as_one_process(tmp_path):
