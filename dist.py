@@ -59,7 +59,6 @@ class _Job:
     rank: int = 0
     world: int = 1
     resume_hint: str = "continue with --resume <run folder>"
-    leaving: bool = False         # shutdown or a failure has begun: SIGTERM is ignored from then on
 
 
 # One per process, like the process group itself: written by setup() and shutdown() only. The rank
@@ -118,7 +117,7 @@ def setup(device: str, batch_size: int, run_dir=None) -> None:
         td.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
     except (RuntimeError, ValueError) as e:     # rendezvous failed or timed out
         raise RankFailure(f"could not join the {world} processes: {_first_line(e)}") from None
-    _JOB.rank, _JOB.world, _JOB.leaving = td.get_rank(), td.get_world_size(), False
+    _JOB.rank, _JOB.world = td.get_rank(), td.get_world_size()
     atexit.unregister(shutdown)
     atexit.register(shutdown)          # a fallback: train.main calls shutdown() itself
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -143,8 +142,9 @@ def shutdown() -> None:
     too, as a fallback). Idempotent; a no-op in a single process.
 
     SIGTERM is ignored first: torchrun sends it to the survivors when a rank fails, and one that
-    arrived inside destroy_process_group() stopped it halfway, after which gloo's threads aborted
-    the interpreter at exit ("terminate called without an active exception", SIGABRT)."""
+    arrives inside destroy_process_group() would stop it halfway with a second traceback (and, in
+    runs reported in issue 19, gloo's threads then aborted the interpreter at exit: "terminate
+    called without an active exception", SIGABRT)."""
     if _JOB.world == 1:
         return
     _ignore_sigterm()
@@ -158,7 +158,6 @@ def shutdown() -> None:
 def _ignore_sigterm() -> None:
     """From the first failure or the start of shutdown on, the process is on its way out with its
     one line said: a (further) SIGTERM must not raise a second error inside the teardown."""
-    _JOB.leaving = True
     if threading.current_thread() is threading.main_thread():     # signal.signal's requirement
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
