@@ -27,6 +27,10 @@ Failures: the process group has a timeout (AUTOSNN_DIST_TIMEOUT seconds, default
 collective that fails (a rank died, or did not answer in time) or a SIGTERM from the launcher
 raises RankFailure: one line on every surviving rank. Rank 0 writes checkpoints atomically, so
 the last one stays intact; resume with the same or another number of ranks.
+
+Leaving: `shutdown()` at the end of train.main (in a finally; atexit is only a fallback) destroys
+the process group with SIGTERM ignored, so that torchrun's SIGTERM to the survivors of a failure
+cannot stop the teardown halfway (gloo's threads would then abort the interpreter at exit).
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ import atexit
 import os
 import re
 import signal
+import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,16 +53,30 @@ class RankFailure(AutoSNNError):
     """Another process of the job stopped, or did not answer within the timeout."""
 
 
+@dataclass
+class _Job:
+    """This process's place in the job, as setup() found it."""
+    rank: int = 0
+    world: int = 1
+    resume_hint: str = "continue with --resume <run folder>"
+
+
+# One per process, like the process group itself: written by setup() and shutdown() only. The rank
+# lives here rather than being asked of torch.distributed because a message written during or after
+# the teardown (a SIGTERM, an atexit handler) would read rank 0 from a group that no longer exists.
+_JOB = _Job()
+
+
 def active() -> bool:
     return td.is_available() and td.is_initialized()
 
 
 def world_size() -> int:
-    return td.get_world_size() if active() else 1
+    return _JOB.world
 
 
 def rank() -> int:
-    return td.get_rank() if active() else 0
+    return _JOB.rank
 
 
 def is_main() -> bool:
@@ -68,9 +88,6 @@ def timeout_s() -> int:
     return int(os.environ.get("AUTOSNN_DIST_TIMEOUT", "600"))
 
 
-_resume_hint = "continue with --resume <run folder>"
-
-
 def setup(device: str, batch_size: int, run_dir=None) -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise do nothing.
 
@@ -78,8 +95,7 @@ def setup(device: str, batch_size: int, run_dir=None) -> None:
     (cuda:LOCAL_RANK becomes the current device, so torch.device('cuda') means it); CPU runs gloo.
     Checks, before joining, that the global batch_size divides by the number of ranks and that
     the node has a GPU for each of its ranks: every rank raises the same one-line error.
-    run_dir: named in the resume hint of a failure."""
-    global _resume_hint
+    run_dir: named in the resume hint of a failure. Pair with shutdown()."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or active():
         return
@@ -101,10 +117,12 @@ def setup(device: str, batch_size: int, run_dir=None) -> None:
         td.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
     except (RuntimeError, ValueError) as e:     # rendezvous failed or timed out
         raise RankFailure(f"could not join the {world} processes: {_first_line(e)}") from None
-    atexit.register(_leave)
+    _JOB.rank, _JOB.world = td.get_rank(), td.get_world_size()
+    atexit.unregister(shutdown)
+    atexit.register(shutdown)          # a fallback: train.main calls shutdown() itself
     signal.signal(signal.SIGTERM, _on_sigterm)
     if run_dir is not None:
-        _resume_hint = f"continue with: torchrun ... train.py --resume {run_dir}"
+        _JOB.resume_hint = f"continue with: torchrun ... train.py --resume {run_dir}"
         _check_same_folder(Path(run_dir))
 
 
@@ -119,15 +137,36 @@ def _check_same_folder(run_dir: Path) -> None:
                            f"machines put it on a filesystem that every machine reads")
 
 
-def _leave() -> None:
+def shutdown() -> None:
+    """Leave the process group: the last thing a rank does (train.main's finally; atexit runs it
+    too, as a fallback). Idempotent; a no-op in a single process.
+
+    SIGTERM is ignored first: torchrun sends it to the survivors when a rank fails, and one that
+    arrives inside destroy_process_group() would stop it halfway with a second traceback (and, in
+    runs reported in issue 19, gloo's threads then aborted the interpreter at exit: "terminate
+    called without an active exception", SIGABRT)."""
+    if _JOB.world == 1:
+        return
+    _ignore_sigterm()
     if active():
-        td.destroy_process_group()
+        try:
+            td.destroy_process_group()
+        except RuntimeError:        # a dead peer's group may fail to close cleanly; the job is over
+            pass
+
+
+def _ignore_sigterm() -> None:
+    """From the first failure or the start of shutdown on, the process is on its way out with its
+    one line said: a (further) SIGTERM must not raise a second error inside the teardown."""
+    if threading.current_thread() is threading.main_thread():     # signal.signal's requirement
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _on_sigterm(signum, frame):
     # torchrun sends SIGTERM to the others when one rank fails: stop with a line, not a traceback
+    _ignore_sigterm()
     raise RankFailure(f"rank {rank()}: stopped by the launcher (another process of this job failed); "
-                      f"the last checkpoint is intact; {_resume_hint}")
+                      f"the last checkpoint is intact; {_JOB.resume_hint}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -141,8 +180,10 @@ def _collective(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except RuntimeError as e:           # DistBackendError, gloo/NCCL errors and timeouts all derive from it
+        _ignore_sigterm()
         raise RankFailure(f"rank {rank()}: another process of this job stopped or did not answer within "
-                          f"{timeout_s()} s ({_first_line(e)}); the last checkpoint is intact; {_resume_hint}") from None
+                          f"{timeout_s()} s ({_first_line(e)}); the last checkpoint is intact; "
+                          f"{_JOB.resume_hint}") from None
 
 
 def shard(batches):
@@ -160,6 +201,25 @@ def shard(batches):
         yield x.tensor_split(n)[r], y.tensor_split(n)[r]
 
 
+def _all_reduce(tensors: list, count, mean: bool) -> torch.Tensor:
+    """One coalesced all-reduce of `tensors` and this rank's `count`, written back into the tensors:
+        mean=False:  t <- sum_r t_r
+        mean=True:   t <- sum_r count_r * t_r / sum_r count_r    (a count-weighted mean over ranks)
+    tensors: same-dtype tensors of any shapes, the same list (shapes, order) on every rank.
+    Returns sum_r count_r as a 1-element tensor (no host sync). The one place that flattens."""
+    flat = torch.cat([t.reshape(-1) for t in tensors] + [tensors[0].new_full((1,), count)])
+    if mean:
+        flat[:-1].mul_(count)
+    _collective(td.all_reduce, flat)
+    if mean:
+        flat[:-1].div_(flat[-1])
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return flat[-1:]
+
+
 def average_gradients(net: torch.nn.Module, n_local: int) -> None:
     """grad <- sum over ranks of (n_r / n) * grad_r for every parameter whose grad is not None.
 
@@ -168,16 +228,7 @@ def average_gradients(net: torch.nn.Module, n_local: int) -> None:
     on every rank, so every rank packs the same list. Parameters with grad None stay None."""
     if not active():
         return
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_zeros(1)])
-    flat[:-1].mul_(n_local)
-    flat[-1] = n_local
-    _collective(td.all_reduce, flat)
-    flat[:-1].div_(flat[-1])
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    _all_reduce([p.grad for p in net.parameters() if p.grad is not None], n_local, mean=True)
 
 
 def sum_over_ranks(sums: torch.Tensor, n: int) -> tuple[list, int]:
@@ -185,9 +236,9 @@ def sum_over_ranks(sums: torch.Tensor, n: int) -> tuple[list, int]:
     Does not modify `sums`."""
     if not active():
         return sums.tolist(), n
-    flat = torch.cat([sums.reshape(-1).double(), sums.new_tensor([n], dtype=torch.float64)])
-    _collective(td.all_reduce, flat)
-    return flat[:-1].tolist(), int(round(flat[-1].item()))
+    total = sums.reshape(-1).double().clone()
+    count = _all_reduce([total], n, mean=False)
+    return total.tolist(), int(round(count.item()))
 
 
 def average_bn_stats(net: torch.nn.Module) -> None:
@@ -200,15 +251,8 @@ def average_bn_stats(net: torch.nn.Module) -> None:
         return
     bufs = [b for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
             and m.running_mean is not None for b in (m.running_mean, m.running_var)]
-    if not bufs:
-        return
-    flat = torch.cat([b.reshape(-1) for b in bufs])
-    _collective(td.all_reduce, flat)
-    flat.div_(world_size())
-    offset = 0
-    for b in bufs:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    if bufs:
+        _all_reduce(bufs, 1, mean=True)
 
 
 def split_pool(evaluate):

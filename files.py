@@ -10,6 +10,8 @@ at any moment leaves either the old file or the new one, never half of one, and 
 survives an error or Ctrl-C (`remove_stale_temps` sweeps those left by a killed process).
 `create_folder` makes a new folder with its first files in one rename, so a crash never leaves an
 empty or half-made run folder. Durability assumes a filesystem that honours fsync and rename order.
+A full disk is recognised however deep the writer buried it (`disk_full`), and a name too long for
+the filesystem, temporary suffix included, is refused before anything is made (`check_name`).
 """
 import argparse
 import difflib
@@ -68,12 +70,52 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def disk_full(e: BaseException) -> bool:
+    """True if `e` or any exception it was raised from or during (__cause__, __context__) is ENOSPC or
+    EDQUOT. torch.save reports a failed write as `RuntimeError: unexpected pos ...` raised while the
+    OSError(ENOSPC) from the file was being handled, so the outer error alone does not tell."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}{TEMP_MARK}{os.getpid()}"
+
+
+# the longest temporary suffix any process may add: a pid has at most 10 digits (pid_t is 32-bit)
+_TEMP_EXTRA = len(_temp_name("")) - len(str(os.getpid())) + 10
+
+
+def check_name(folder, name: str, what: str) -> None:
+    """Refuse `name` (a file or folder to be made in `folder`, which need not exist yet) when its
+    temporary form .<name>.tmp-<pid> would exceed the filesystem's NAME_MAX (255 bytes on most).
+    what: how the user gave the name (e.g. "--name"), for the one-line error."""
+    probe = Path(folder)
+    while not probe.is_dir() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):    # no pathconf (Windows) or no answer: the common limit
+        limit = 255
+    size = len(os.fsencode(name))
+    if size + _TEMP_EXTRA > limit:
+        raise AutoSNNError(f"{what} is {size} bytes long; names in {folder} may have {limit} bytes, and "
+                           f"writing adds {_TEMP_EXTRA}: use at most {limit - _TEMP_EXTRA}")
+
+
 def atomic_write(path, write) -> None:
     """Write `path` durably and atomically. write(f) receives a binary file object.
 
-    A full disk raises AutoSNNError naming the file; the previous version of the file is untouched."""
+    The file's data is fsynced before the rename (else a crash could leave the new name pointing at
+    empty blocks) and the folder after it (else the rename itself may be lost). A full disk raises
+    AutoSNNError naming the file; the previous version of the file is untouched."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    tmp = path.with_name(_temp_name(path.name))
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -85,7 +127,7 @@ def atomic_write(path, write) -> None:
             tmp.unlink()
         except OSError:
             pass
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(e):
             raise AutoSNNError(f"no space left on device while writing {path}; "
                                f"the previous version of it is intact") from None
         raise
@@ -135,9 +177,11 @@ def remove_stale_temps(folder) -> list:
 def create_folder(path, files: dict) -> None:
     """Create the folder `path` holding `files` ({name: text}) all at once: they are written into
     a temporary sibling folder that is then renamed into place, so a crash leaves either no folder or
-    a complete one. Raises AutoSNNError if `path` exists or its parent cannot be written."""
+    a complete one, and a failure leaves neither. Raises AutoSNNError if `path` exists, its name is
+    too long for the filesystem, its parent cannot be written, or the disk is full."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    check_name(path.parent, path.name, "--name")
+    tmp = path.with_name(_temp_name(path.name))
     if path.exists() or path.is_symlink():
         raise AutoSNNError(f"{path} already exists; continue it with --resume {path} or choose another --name")
     try:
@@ -149,12 +193,12 @@ def create_folder(path, files: dict) -> None:
         os.rename(tmp, path)    # fails on an existing non-empty folder; never merges into one
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):
+            raise AutoSNNError(f"no space left on device while creating {path}") from None
         if isinstance(e, OSError):
             if path.exists():
                 raise AutoSNNError(f"{path} already exists; continue it with --resume {path} "
                                    f"or choose another --name") from None
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise AutoSNNError(f"no space left on device while creating {path}") from None
             raise AutoSNNError(f"cannot create the run folder {path} ({e.strerror or e}); "
                                f"choose a writable --out") from None
         raise

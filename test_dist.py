@@ -118,6 +118,9 @@ def _train_worker(r, n, port, folder):
     dist.setup("cpu", 16)
     torch.save(_linear_step(), Path(folder) / f"linear{r}.pt")
     torch.save(_train(Path(folder)), Path(folder) / f"rank{r}.pt")
+    dist.shutdown()
+    dist.shutdown()                                   # idempotent
+    assert not dist.active() and dist.rank() == r     # the rank outlives the group (messages at exit)
 
 
 def test_two_ranks_train_the_supernet_as_one_process(tmp_path):
@@ -243,3 +246,137 @@ def test_killed_rank_stops_the_job_and_resume_continues(tmp_path):
     assert train.main(["--resume", str(tmp_path / "cut1" / "runs" / "x")]) == 0
     c = train.load_checkpoint(tmp_path / "cut1" / "runs" / "x" / "supernet.pt", "supernet")
     assert c["path_rng"] == a["path_rng"] and torch.equal(c["data_gen"], a["data_gen"])
+
+
+# --- leaving the job: no aborts, one line, the right rank --------------------------------------
+
+def test_shutdown_is_a_no_op_in_one_process_and_idempotent():
+    handler = signal.getsignal(signal.SIGTERM)
+    dist.shutdown()
+    dist.shutdown()
+    assert signal.getsignal(signal.SIGTERM) is handler        # pytest's own SIGTERM is left alone
+    assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
+
+
+# A fresh interpreter imports torch once and forks both ranks of every trial from it (a trial then
+# costs its exit, not two imports). It plays torchrun: it hosts the rendezvous store in a process of
+# its own and, when a rank dies, sends SIGTERM to the survivor. Every other kill is mid-run, with the
+# SIGTERM 0-40 ms after the death; the others kill a rank after its last collective (as an abort at
+# exit did) and the SIGTERM lands inside the survivor's destroy_process_group(), after the backend
+# is shut down and before the group is unregistered: the moment that used to stop the teardown halfway.
+TRIALS = r'''
+import json, os, signal, socket, sys, time
+import torch
+import torch.distributed as td
+import dist
+from files import AutoSNNError
+
+
+def job(kind, victim, late):
+    """train.main in miniature: join, a few collectives, one line on a failure, leave."""
+    try:
+        dist.setup("cpu", 2)
+        if late and dist.rank() != victim:           # the launcher's SIGTERM, inside the teardown
+            c10d = sys.modules["torch.distributed.distributed_c10d"]
+            update = c10d._update_default_pg
+
+            def update_with_sigterm(pg):
+                if pg is None:
+                    signal.raise_signal(signal.SIGTERM)
+                return update(pg)
+            c10d._update_default_pg = update_with_sigterm
+        net = torch.nn.Linear(3, 2)
+        for step in range(4):
+            if kind == "kill" and not late and step == 2 and dist.rank() == victim:
+                os.kill(os.getpid(), signal.SIGKILL)
+            net(torch.randn(2, 3)).sum().backward()
+            dist.average_gradients(net, 1)
+            dist.sum_over_ranks(torch.ones(2), 1)
+            dist.average_bn_stats(torch.nn.BatchNorm1d(2))
+        if kind == "kill" and late and dist.rank() == victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if dist.is_main():
+            time.sleep(0.05)        # rank 0 writes the run folder while the other rank leaves
+    except AutoSNNError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.shutdown()
+    return 0
+
+
+def trial(i, kind, out):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late, victim, delay = kind == "kill" and i % 2 == 1, i // 2 % 2, i % 5 * 0.01
+    pids = []
+    for r in (-1, 0, 1):                              # -1: the rendezvous store
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(f"{out}/{i}.{kind}.{r}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            if r < 0:
+                store = td.TCPStore("127.0.0.1", port, 2, is_master=True)
+                signal.pause()
+            os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), AUTOSNN_DIST_TIMEOUT="30",
+                              TORCHELASTIC_USE_AGENT_STORE="True")
+            torch.set_num_threads(1)
+            sys.exit(job(kind, victim, late))
+        pids.append(pid)
+    store, ranks = pids[0], pids[1:]
+    codes, deadline = {}, time.time() + 60
+    while len(codes) < 2 and time.time() < deadline:
+        pid, st = os.waitpid(-1, os.WNOHANG)
+        if pid in ranks:
+            codes[ranks.index(pid)] = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
+            if codes[ranks.index(pid)] != 0 and len(codes) == 1 and not late:
+                time.sleep(delay)                     # torchrun: stop the survivor
+                os.kill(ranks[1 - ranks.index(pid)], signal.SIGTERM)
+        elif pid == 0:
+            time.sleep(0.005)
+    for r, pid in enumerate(ranks):
+        if r not in codes:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            codes[r] = "hang"
+    os.kill(store, signal.SIGKILL)
+    os.waitpid(store, 0)
+    return {"kind": kind, "victim": victim, "late": late, "codes": [codes[0], codes[1]],
+            "out": [open(f"{out}/{i}.{kind}.{r}").read() for r in (0, 1)]}
+
+
+out, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    for kind in ("run", "kill"):
+        print(json.dumps(trial(i, kind, out)), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_repeated_runs_and_rank_kills_never_abort(tmp_path):
+    """10 two-rank runs and 10 rank kills (gloo, 1 thread each): no abort ("terminate called",
+    SIGABRT); a clean run exits 0 silently on both ranks; after a kill mid-run the survivor exits 2
+    with exactly one line that names its own rank, whenever the launcher's SIGTERM arrives; a SIGTERM
+    inside the teardown of a finished rank is ignored (exit 0, silent)."""
+    (tmp_path / "trials.py").write_text(TRIALS)
+    res = subprocess.run([sys.executable, str(tmp_path / "trials.py"), str(tmp_path), "10"], capture_output=True,
+                         text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    trials = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [t["kind"] for t in trials] == ["run", "kill"] * 10
+    for t in trials:
+        assert -6 not in t["codes"] and not any("terminate called" in o for o in t["out"]), t
+        if t["kind"] == "run":
+            assert t["codes"] == [0, 0] and t["out"] == ["", ""], t
+        else:
+            dead, alive = t["victim"], 1 - t["victim"]
+            lines = t["out"][alive].strip().splitlines()
+            assert t["codes"][dead] == -signal.SIGKILL, t
+            if t["late"]:
+                assert t["codes"][alive] == 0 and lines == [], t
+            else:
+                assert t["codes"][alive] == 2, t
+                assert len(lines) == 1 and lines[0].startswith(f"error: rank {alive}: "), t
