@@ -190,20 +190,30 @@ def test_pareto_search_is_seeded_and_resumes_bit_identically():
     assert d.chosen() == a.chosen()
 
 
-def test_pareto_search_parents_are_survivors():
-    """Mutation only with every position flipped on a two-candidate space: each mutant is the flip
-    of its parent, so the pool starts with flips of topk survivors by (rank, crowding) (those that win
-    a tournament; the worst survivor can lose every one), then random fill."""
+def test_pareto_search_parents_are_survivors(monkeypatch):
+    """Every tournament runs among the topk survivors by (rank, crowding) of everything evaluated
+    (for the second parent of a crossover: less the first), and every mutant is the flip of a winner
+    (mutation_prob 1 on a two-candidate space flips every position)."""
     bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))
-    s = Search(bb, SearchConfig(search_algo="pareto", iterations=3, pool=6, topk=3, mutations=6, crossovers=0,
+    s = Search(bb, SearchConfig(search_algo="pareto", iterations=3, pool=6, topk=3, mutations=3, crossovers=2,
                                 mutation_prob=1.0, tries=40), 1e5, random.Random(3))
     pool = s.propose()
     s.tell(pool, fake_eval(pool))
     elite = {r["arch"] for r, _, _ in pareto.survivors(s.history, 3)}
-    flip = {"skip_connect": "SCB_k3", "SCB_k3": "skip_connect"}
-    flips_of_elite = {"-".join(flip[b] for b in a.split("-")) for a in elite}
+    entrants, winners = [], []
+
+    def spy(pool, rng):
+        entrants.append({r["arch"] for r, _, _ in pool})
+        winners.append(pareto.tournament(pool, rng)["arch"])
+        return next(r for r, _, _ in pool if r["arch"] == winners[-1])
+
+    monkeypatch.setattr(evolve, "tournament", spy)
     nxt = s.propose()
-    assert str(nxt[0]) in flips_of_elite and str(nxt[1]) in flips_of_elite
+    assert entrants and entrants[0] == elite and all(e <= elite and len(e) >= 2 for e in entrants)
+    seconds = [(w, e) for w, e in zip(winners, entrants[1:]) if len(e) == len(elite) - 1]
+    assert seconds and all(w not in e for w, e in seconds)        # two distinct parents per crossover
+    flip = {"skip_connect": "SCB_k3", "SCB_k3": "skip_connect"}
+    assert str(nxt[0]) == "-".join(flip[b] for b in winners[0].split("-"))
 
 
 def test_pareto_search_with_sops_and_without():
