@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from autosnn import SpikeStats, SpikingNetwork, Trace, predict
+from autosnn import SpikeStats, SpikingNetwork, TimeBatchNorm, Trace, predict
 from search_space import parse_arch
 
 
@@ -78,22 +78,28 @@ def evaluate_model(net, batches, arch=None, energy: bool = True) -> dict:
 
 def recalibrate_bn(net: SpikingNetwork, arch, batches) -> None:
     """Re-estimate BN running statistics of one path as a cumulative average over `batches`
-    (train-mode forwards, no gradient): after n calls of a BN, running = mean of the n batch
-    statistics. Modifies `net`: use it on a child copy. batches: iterable of (x [B, ...], _).
+    (train-mode forwards, no gradient): each BN's running mean / variance become the plain average,
+    over every batch and every time step it normalised, of that step's batch mean and unbiased
+    variance per channel. Modifies `net`: use it on a child copy. batches: iterable of (x [B, ...], _).
 
-    torch's own cumulative mode (momentum=None) divides by num_batches_tracked read on the host at
-    every call, a sync per BN per step; here each BN counts its calls in Python instead and sets
-    momentum = 1 / calls before each one, which is the same average without a sync."""
+    torch's own cumulative mode (momentum=None) reads num_batches_tracked on the host at every BN
+    call (a sync per layer per step). Here hooks add each step's statistics on the device and count
+    the steps in Python, so nothing is read back. A BN input [T, B, C, H, W] is T steps, each
+    normalised on its own (autosnn.TimeBatchNorm); [B, C, ...] is one step."""
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    calls = {m: 0 for m in bns}
+    sums = {m: [0, 0, 0] for m in bns}             # [sum of means, sum of variances, steps]
 
-    def before(m, _inputs):
-        calls[m] += 1
-        m.momentum = 1.0 / calls[m]
+    def record(m, inputs):
+        x = inputs[0].detach().float()
+        steps = x.unbind(0) if isinstance(m, TimeBatchNorm) and x.dim() == 5 else [x]
+        for z in steps:
+            dims = [d for d in range(z.dim()) if d != 1]
+            s = sums[m]
+            s[0] = s[0] + z.mean(dims)
+            s[1] = s[1] + z.var(dims, unbiased=True)
+            s[2] += 1
 
-    hooks = [m.register_forward_pre_hook(before) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
+    hooks = [m.register_forward_pre_hook(record) for m in bns]
     net.train()
     try:
         with torch.no_grad():
@@ -102,8 +108,12 @@ def recalibrate_bn(net: SpikingNetwork, arch, batches) -> None:
     finally:
         for h in hooks:
             h.remove()
-        for m in bns:
-            m.momentum = 0.1
+    with torch.no_grad():
+        for m, (mean, var, n) in sums.items():
+            if n:                      # a BN off the path keeps its statistics
+                m.running_mean.copy_(mean / n)
+                m.running_var.copy_(var / n)
+                m.num_batches_tracked.fill_(n)
 
 
 def evaluate_archs(supernet: SpikingNetwork, archs: list, val_batches, recalib_batches=None) -> list[dict]:
