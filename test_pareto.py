@@ -263,3 +263,22 @@ def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
     assert evolve.main(["rerank", str(d), "--pick", "budget:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "raise the budget" in err
+
+
+def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch):
+    """train.py --search-algo pareto on tiny synthetic data: the search stage runs NSGA-II, records
+    its settings in search.json, and retrains an architecture of the evaluated history."""
+    import train
+    monkeypatch.setattr(train, "plot_run", lambda *args, **kwargs: [])
+    argv = ["--dataset", "synthetic", "--n-train", "64", "--n-test", "16", "--backbone", "AutoSNN_4", "--T", "2",
+            "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "1", "--retrain-epochs", "1",
+            "--iterations", "3", "--pool", "4", "--topk", "2", "--mutations", "2", "--crossovers", "1",
+            "--log-every", "0", "--device", "cpu", "--search-algo", "pareto", "--pick", "knee",
+            "--out", str(tmp_path), "--name", "p"]
+    assert train.main(argv) == 0
+    d = tmp_path / "p"
+    doc = json.loads((d / "search.json").read_text())
+    assert (doc["algorithm"], doc["pick"], doc["generations"]) == ("pareto", "knee", 3)
+    assert len({r["arch"] for r in doc["history"]}) == len(doc["history"]) == 12
+    best = (d / "best_arch.txt").read_text().strip()
+    assert best in {r["arch"] for r in doc["history"]}
