@@ -265,9 +265,10 @@ def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "raise the budget" in err
 
 
-def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch):
+def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch, capsys):
     """train.py --search-algo pareto on tiny synthetic data: the search stage runs NSGA-II, records
-    its settings in search.json, and retrains an architecture of the evaluated history."""
+    its settings in search.json, and retrains an architecture of the evaluated history; bench.py
+    --search-quality then compares the three algorithms on its super-network."""
     import train
     monkeypatch.setattr(train, "plot_run", lambda *args, **kwargs: [])
     argv = ["--dataset", "synthetic", "--n-train", "64", "--n-test", "16", "--backbone", "AutoSNN_4", "--T", "2",
@@ -282,3 +283,16 @@ def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch):
     assert len({r["arch"] for r in doc["history"]}) == len(doc["history"]) == 12
     best = (d / "best_arch.txt").read_text().strip()
     assert best in {r["arch"] for r in doc["history"]}
+    # bench.py --search-quality on that super-network: every algorithm gets the same budget
+    import bench
+    capsys.readouterr()
+    assert bench.main(["--search-quality", str(d), "--pool", "4", "--seeds", "2", "--quick", "--json",
+                       "--threads", "0"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["reference"] == {"acc": 0.0, "spikes": 2 * res["spike_norm"]} and len(res["budgets"]) == 3
+    for algo in ("evolution", "random", "pareto"):
+        row = res["algorithms"][algo]
+        assert row["evaluated"] == [12, 12] and len(row["hypervolume"]) == 2
+        assert all(0 <= hv <= res["reference"]["spikes"] for hv in row["hypervolume"])
+    assert bench.main(["--search-quality", str(tmp_path), "--pool", "4"]) == 2
+    assert "supernet.pt not found" in capsys.readouterr().err
