@@ -405,3 +405,102 @@ def test_recalibrate_bn_reads_nothing_back_and_averages_cumulatively(monkeypatch
         if "running" in k:
             assert torch.allclose(v, w, rtol=1e-5, atol=1e-6), k
     assert all(m.momentum == 0.1 for m in child.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitness and search mechanics (moved from test_pipeline.py)
+# ---------------------------------------------------------------------------------------------
+
+BIG = {"iterations": 4, "pool": 10, "topk": 5, "mutations": 5, "crossovers": 3}
+
+
+def test_fitness_values():
+    f = evolve.fitness
+    assert f(0.9, 5000, 1000, 0.0) == 0.9
+    assert f(0.5, 2000, 1000, -0.08) == pytest.approx(0.5 * math.exp(-0.08 * math.log(2)))   # (2000/1000)^-0.08
+    assert f(0.5, 1000, 1000, -0.24) == pytest.approx(0.5)
+    assert f(0.5, 500, 1000, -0.16) > 0.5 > f(0.5, 1500, 1000, -0.16)
+    assert f(0.1, 0, 1000, -0.08) == 0.0
+    with pytest.raises(AutoSNNError, match="lambda"):
+        f(0.5, 100, 100, 0.1)
+
+
+def test_more_negative_lambda_never_picks_more_spikes():
+    rng = random.Random(0)
+    for _ in range(200):
+        history = [{"arch": str(i), "acc": rng.uniform(0.1, 0.95), "spikes": rng.uniform(1e4, 3e5)}
+                   for i in range(30)]
+        picks = [evolve.rerank(history, lam, 1e5, top=1)[0] for lam in (0.0, -0.08, -0.16, -0.24, -0.5)]
+        spikes = [p["spikes"] for p in picks]
+        assert all(a >= b for a, b in zip(spikes, spikes[1:]))
+        assert picks[0]["acc"] == max(h["acc"] for h in history)
+
+
+def test_mutation_probability_and_validity():
+    s = make_search(mutation_prob=0.2)
+    changed = []
+    for _ in range(4000):
+        child = s.mutate(search_space.AUTOSNN)
+        parse_arch(str(child))
+        changed.append(sum(a != b for a, b in zip(child, search_space.AUTOSNN)))
+    assert sum(changed) / len(changed) == pytest.approx(5 * 0.2, abs=0.06)     # binomial(5, 0.2) mean
+    assert changed.count(0) / len(changed) == pytest.approx(0.8 ** 5, abs=0.03)
+
+
+def test_crossover_is_one_point():
+    s = make_search()
+    p1, p2 = parse_arch(["SCB_k3"] * 5), parse_arch(["SRB_k5"] * 5)
+    cuts = set()
+    for _ in range(400):
+        c = s.crossover(p1, p2)
+        k = c.count("SCB_k3")
+        assert c == tuple(["SCB_k3"] * k + ["SRB_k5"] * (5 - k))
+        cuts.add(k)
+    assert cuts == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("algo", ["evolution", "random", "pareto"])
+def test_every_algorithm_proposes_unseen_valid_architectures_at_the_same_budget(algo):
+    s = make_search(search_algo=algo, **BIG)
+    seen = set()
+    while not s.done:
+        pool = s.propose()
+        strs = [str(a) for a in pool]
+        assert len(pool) == 10 and len(set(strs)) == 10 and not seen & set(strs)
+        for a in pool:
+            parse_arch(str(a))
+        seen |= set(strs)
+        s.tell(pool, fake_eval(pool))
+    assert len(s.history) == 40
+    assert s.topk()[0]["fitness"] == max(h["fitness"] for h in s.history)
+
+
+def test_search_state_roundtrip_continues_identically():
+    a, b = make_search(**BIG), make_search(**BIG)
+    for _ in range(2):
+        pool = a.propose()
+        a.tell(pool, fake_eval(pool))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict(), default=list)) | {"rng": a.rng.getstate()})
+    for s in (a, b):
+        run_search(s, fake_eval, log=lambda m: None)
+    assert a.history == b.history
+
+
+def test_small_space_exhausts_cleanly():
+    bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))      # 2^5 = 32 archs
+    s = Search(bb, SearchConfig(iterations=10, pool=10, topk=3, mutations=3, crossovers=3), 1e5, random.Random(0))
+    run_search(s, fake_eval, log=lambda m: None)
+    assert len(s.history) == len({h["arch"] for h in s.history}) == 32
+
+
+def test_prefix_shared_pool_equals_one_by_one():
+    net, x, y = eval_net()
+    rng = random.Random(3)
+    archs = [search_space.sample_arch(net.backbone, rng) for _ in range(10)] + [search_space.AUTOSNN]
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    together = evolve.evaluate_pool(net, archs, batches)
+    for a, r in zip(archs, together):
+        alone = evolve.evaluate_pool(net, [a], batches)[0]
+        assert alone["acc"] == r["acc"] and alone["spikes"] == r["spikes"]
+        assert alone["neuron_spikes"] == r["neuron_spikes"] and alone["per_layer"] == r["per_layer"]
+    assert len({r["spikes"] for r in together}) > 5
