@@ -296,3 +296,20 @@ def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch, capsys):
         assert all(0 <= hv <= res["reference"]["spikes"] for hv in row["hypervolume"])
     assert bench.main(["--search-quality", str(tmp_path), "--pool", "4"]) == 2
     assert "supernet.pt not found" in capsys.readouterr().err
+
+
+def test_pareto_survivors_use_every_objective(monkeypatch):
+    """With --objectives acc,spikes,sops the tournaments run among the 3-objective survivors, which
+    here differ from the accuracy-spikes ones."""
+    s = pareto_search(objectives="acc,spikes,sops", pool=12, topk=4)
+    pool = s.propose()
+    s.tell(pool, fake_eval(pool))
+    three = {r["arch"] for r, _, _ in pareto.survivors(s.history, 4, ("acc", "spikes", "sops"))}
+    two = {r["arch"] for r, _, _ in pareto.survivors(s.history, 4)}
+    assert three != two
+    entrants = []
+    real = pareto.tournament
+    monkeypatch.setattr(evolve, "tournament", lambda pool, rng: (entrants.append({r["arch"] for r, _, _ in pool}),
+                                                                 real(pool, rng))[1])
+    s.propose()
+    assert entrants[0] == three
