@@ -357,6 +357,95 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def search_quality(args) -> int:
+    """bench.py --search-quality RUN: the three search algorithms on one trained super-network, at
+    the same budget (--pool architectures x the run's --iterations; 3 with --quick), over --seeds
+    search seeds (0, 1, ...). topk, mutations and crossovers are each half the pool, the paper's
+    proportions (20: 10, 10, 10); lambda is -0.08 for all three (pareto uses it for --pick only).
+    An architecture evaluated once is not evaluated again for another algorithm or seed: in eval mode
+    its numbers are the same.
+
+    Per algorithm, the mean and standard deviation over seeds of
+      hypervolume   of the accuracy-spikes front of everything the search evaluated, against the
+                    reference point (accuracy 0, 2 x the super-network's mean spikes per image);
+      best acc      the best accuracy within each of three spike budgets: the 25th, 50th and 75th
+                    percentiles of the spikes of every architecture any of the searches evaluated."""
+    from evolve import evaluate_archs, run_search
+    from pareto import hypervolume
+    path = Path(args.search_quality) / "supernet.pt"
+    try:
+        if not path.is_file():
+            raise ValueError(f"{path} not found: give a run folder whose super-network stage has run")
+        if args.pool < 2 or args.seeds < 1:
+            raise ValueError(f"--pool must be >= 2 and --seeds >= 1 (got {args.pool}, {args.seeds})")
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        r, portion = ck["config"]["run"], ck["config"]["supernet"]["train_portion"]
+        ds = load_dataset(r["dataset"], r["data_root"], False, r["T"], r["split_by"], r["n_train"] or None,
+                          r["n_test"] or None)
+    except (ValueError, OSError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    net = SpikingNetwork(r["backbone"], ds.num_classes, None, r["T"], ds.input_shape, r["neuron"], r["tau0"],
+                         r["v_th"]).to(device)
+    net.load_state_dict(ck["model"])
+    _, d_val = ds.search_split(portion)
+    val = list(d_val.batches(r["eval_batch_size"] or r["batch_size"], device=device))
+    norm, cache = float(ck["spike_norm"]), {}
+
+    def evaluate(archs):
+        new = [a for a in archs if str(a) not in cache]
+        for a, res in zip(new, evaluate_archs(net, new, lambda: val) if new else []):
+            cache[str(a)] = res
+        return [cache[str(a)] for a in archs]
+
+    iterations = 3 if args.quick else ck["config"]["search"]["iterations"]
+    half = args.pool // 2
+    runs = {}
+    start = time.perf_counter()
+    for algo in ("evolution", "random", "pareto"):
+        for seed in range(args.seeds):
+            cfg = SearchConfig(search_algo=algo, iterations=iterations, pool=args.pool, topk=half,
+                               mutations=half, crossovers=half, lam=-0.08, search_seed=seed)
+            s = Search(net.backbone, cfg, norm, random.Random(seed))
+            run_search(s, evaluate, log=lambda line: None)
+            runs[algo, seed] = s.history
+    every = sorted(h["spikes"] for hist in runs.values() for h in hist)
+    budgets = [every[int(q * (len(every) - 1))] for q in (0.25, 0.5, 0.75)]
+    ref = 2 * norm
+    rows = {}
+    for algo in ("evolution", "random", "pareto"):
+        hv = [hypervolume(runs[algo, s], 0.0, ref) for s in range(args.seeds)]
+        best = [[max((h["acc"] for h in runs[algo, s] if h["spikes"] <= b), default=float("nan"))
+                 for s in range(args.seeds)] for b in budgets]
+        rows[algo] = {"hypervolume": hv, "best_acc_at_budget": best,
+                      "evaluated": [len(runs[algo, s]) for s in range(args.seeds)]}
+    res = {"run": str(args.search_quality), "dataset": r["dataset"], "backbone": r["backbone"], "T": r["T"],
+           "val_images": sum(len(y) for _, y in val), "pool": args.pool, "iterations": iterations,
+           "seeds": args.seeds, "lam": -0.08, "spike_norm": norm, "reference": {"acc": 0.0, "spikes": ref},
+           "budgets": budgets, "distinct_archs_evaluated": len(cache), "device": str(device),
+           "threads": torch.get_num_threads(), "wall_s": time.perf_counter() - start, "algorithms": rows}
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+
+    def ms(xs):
+        xs = [x for x in xs if x == x]
+        return f"{statistics.mean(xs):.4g} +- {statistics.pstdev(xs):.2g}" if xs else "-"
+
+    print(f"search quality on {res['run']} ({r['dataset']}, {r['backbone']}, T={r['T']}, {res['val_images']} "
+          f"D_val images): {args.pool} x {iterations} evaluations per search, seeds 0..{args.seeds - 1}, "
+          f"{device}, {res['wall_s']:.0f}s")
+    print(f"hypervolume reference: accuracy 0, {ref:.6g} spikes per image (2 x the super-network's mean); "
+          f"budgets (spikes per image): " + ", ".join(f"{b:.6g}" for b in budgets))
+    print(f"{'algorithm':10} {'hypervolume':>20} " + " ".join(f"{'acc@' + format(b, '.4g'):>18}" for b in budgets))
+    for algo, row in rows.items():
+        print(f"{algo:10} {ms(row['hypervolume']):>20} " + " ".join(f"{ms(b):>18}" for b in row["best_acc_at_budget"]))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -381,7 +470,12 @@ def main(argv=None) -> int:
                    help="instead: training fed by data.py's batches against one batch on the device")
     p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--search-quality", metavar="RUN", help="instead: evolution, random and pareto search on "
+                   "RUN's super-network at the same budget (see search_quality)")
+    p.add_argument("--seeds", type=int, default=3, help="search seeds for --search-quality (default 3)")
     args = p.parse_args(argv)
+    if args.search_quality:
+        return search_quality(args)
     if args.quick:
         args.backbone, args.T, args.batch, args.reps, args.warmup = "AutoSNN_4", 2, 4, 1, 1
         args.pool, args.search_images, args.scale_T, args.scale_batch = 4, 8, [2, 3], [2, 4]

@@ -5,36 +5,41 @@ super-network's weights:
 
     F(A) = acc(A) * (spikes(A) / spike_norm) ** lam,     lam <= 0   (lam = 0: plain accuracy)
 
-The evolutionary search starts from `pool` random architectures; every generation keeps the
-`topk` fittest of everything evaluated so far and proposes `mutations` mutants (each searched
-position changes with probability `mutation_prob` to a different candidate), `crossovers`
-one-point crossovers of two distinct parents, and random architectures to fill the pool. No
-architecture is evaluated twice. `search_algo="random"` is the weight-sharing random-search
-baseline: every pool is fresh random architectures, same budget.
+Three search algorithms share one budget (`pool` x `iterations` evaluations), one random generator,
+the operators below and the rule that no architecture is evaluated twice. Generation 1 is `pool`
+random architectures for all three.
+  evolution  the paper's: every later generation takes the `topk` fittest of everything evaluated
+             as parents and proposes `mutations` mutants (each searched position changes with
+             probability `mutation_prob` to a different candidate), `crossovers` one-point crossovers
+             of two distinct parents, and random architectures to fill the pool.
+  random     the weight-sharing random-search baseline: every pool is fresh random architectures.
+  pareto     NSGA-II (see pareto.py for where it follows Deb et al. 2002 and where not): the
+             `topk` survivors by (non-domination rank, crowding distance) over --objectives
+             (accuracy up; spikes, and optionally synaptic operations, down), parents drawn from them
+             by binary tournament, then the same mutants, crossovers and random fill.
+Every record keeps its fitness, so any algorithm's history can be re-ranked. The architecture to
+retrain is Search.chosen(): --pick lambda (the fittest of the accuracy-spikes front: the paper's
+choice), knee, or budget:SPIKES (the most accurate within a spike budget).
 
-Evaluation runs a whole pool per validation batch and computes every shared prefix (the stem and
-each identical leading sequence of blocks) only once; it gives the same numbers as evaluating
-each architecture alone (tested).
+Evaluation (evaluation.py) runs a whole pool per validation batch and computes every shared prefix
+once. Generations are numbered from 1 everywhere (generation 1 = the initial random pool):
+`Search.generation` counts the generations completed, so right after a generation it equals that
+generation's number.
 
-Generations are numbered from 1 everywhere (generation 1 = the initial random pool): in the
-history records, search.json, pareto.csv, pareto.png, metrics.jsonl and the log. `Search.generation`
-counts the generations completed, so right after a generation it equals that generation's number.
-
-Re-rank a finished search under another fitness without evaluating anything again, redraw its
-plots (needs matplotlib), or print the architecture found and the command that retrains it:
+Re-rank a finished search under another fitness without evaluating anything again, pick from its
+front, redraw its plots (needs matplotlib), or print the architecture found and the command that
+retrains it:
 
     python evolve.py rerank runs/X --lam -0.24
     python evolve.py rerank runs/X --spike-budget 60000
     python evolve.py rerank runs/X --by energy_uj --lam -0.1      # rank by the energy estimate
+    python evolve.py rerank runs/X --pick knee                    # one architecture of the front
     python evolve.py plot runs/X
     python evolve.py export runs/X
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
 import random
 import shlex
@@ -44,18 +49,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from autosnn import SpikeStats, SpikingNetwork, Trace, predict
-from files import AutoSNNError, Parser, atomic_write, progress
+from evaluation import evaluate_archs, evaluate_model, evaluate_pool, recalibrate_bn  # noqa: F401 (re-exported)
+from files import AutoSNNError, Parser, progress
+from pareto import (check_objectives, csv_text, load_history, parse_pick, pareto_front, pick,  # noqa: F401
+                    read_json, survivors, tournament, write_history)
+from plots import plot_run, read_metrics  # noqa: F401 (re-exported: train.py and the tests use them from here)
 from search_space import Arch, Backbone, parse_arch, resolve_arch, sample_arch
+
+ALGORITHMS = ("evolution", "random", "pareto")
+
+
+def check_lambda(lam, option: str = "--lam") -> None:
+    """The one rule for lambda: a finite number <= 0 (nan would make every fitness nan; a positive
+    one would reward spikes)."""
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam <= 0):
+        raise AutoSNNError(f"lambda must be <= 0 and finite (got {option} {lam}): a positive one would reward spikes")
 
 
 def fitness(acc: float, spikes: float, spike_norm: float, lam: float) -> float:
     """acc * (spikes / spike_norm) ** lam. A path that never spikes cannot classify: fitness 0
     (the formula would give infinity for lam < 0)."""
-    if not (math.isfinite(lam) and lam <= 0):     # nan would make every fitness nan
-        raise AutoSNNError(f"lambda must be <= 0 and finite (got {lam}): a positive one would reward spikes")
+    check_lambda(lam, "lambda")
     if lam == 0:
         return acc
     if not (math.isfinite(spike_norm) and spike_norm > 0):
@@ -69,16 +83,21 @@ def fitness(acc: float, spikes: float, spike_norm: float, lam: float) -> float:
 class SearchConfig:
     """Search settings; defaults are the paper's (20 iterations of 20 architectures, top 10)."""
     search_algo: str = field(default="evolution", metadata={
-        "help": "evolution, or random (weight-sharing random search)"})
+        "help": "evolution (the paper's), random (weight-sharing random search) or pareto (NSGA-II)"})
     iterations: int = field(default=20, metadata={"help": "search iterations (generations)"})
     pool: int = field(default=20, metadata={"help": "architectures evaluated per generation"})
-    topk: int = field(default=10, metadata={"help": "fittest architectures kept as parents"})
+    topk: int = field(default=10, metadata={"help": "architectures kept as parents (pareto: NSGA-II survivors)"})
     mutations: int = field(default=10, metadata={"help": "mutants per generation"})
     crossovers: int = field(default=10, metadata={"help": "crossover children per generation"})
     mutation_prob: float = field(default=0.2, metadata={"help": "per-position mutation probability"})
     lam: float = field(default=-0.08, metadata={"help": "fitness exponent lambda <= 0 (0: accuracy only)"})
     spike_norm: float = field(default=0.0, metadata={
         "help": "fitness spike normaliser (0: the super-network's last-epoch mean spikes per image)"})
+    objectives: str = field(default="acc,spikes", metadata={
+        "help": "pareto search objectives: acc,spikes or acc,spikes,sops (synaptic operations)"})
+    pick: str = field(default="lambda", metadata={
+        "help": "architecture to retrain from the accuracy-spikes front: lambda (the fittest under --lam), "
+                "knee, or budget:SPIKES (the most accurate with at most SPIKES spikes per image)"})
     search_seed: int = field(default=99, metadata={"help": "seed of the search's random choices"})
     bn_recalib: int = field(default=0, metadata={
         "help": "training batches to re-estimate BN statistics before each evaluation (0: none, as the paper)"})
@@ -86,8 +105,8 @@ class SearchConfig:
 
     def check(self) -> None:
         """Raise AutoSNNError (naming the command-line option) for any value the search cannot use."""
-        if self.search_algo not in ("evolution", "random"):
-            raise AutoSNNError(f"unknown --search-algo {self.search_algo!r}; valid: evolution, random")
+        if self.search_algo not in ALGORITHMS:
+            raise AutoSNNError(f"unknown --search-algo {self.search_algo!r}; valid: {', '.join(ALGORITHMS)}")
         for name, low in (("iterations", 1), ("pool", 1), ("topk", 1), ("mutations", 0), ("crossovers", 0),
                           ("bn_recalib", 0), ("tries", 1), ("search_seed", None)):
             v = getattr(self, name)
@@ -96,12 +115,12 @@ class SearchConfig:
                                    + (f" >= {low}" if low is not None else "") + f" (got {v!r})")
         if not 0 <= self.mutation_prob <= 1:          # false for nan too
             raise AutoSNNError(f"--mutation-prob must be in [0, 1] (got {self.mutation_prob})")
-        if not (math.isfinite(self.lam) and self.lam <= 0):
-            raise AutoSNNError(f"lambda must be <= 0 and finite (got --lam {self.lam}): "
-                               "a positive one would reward spikes")
+        check_lambda(self.lam)
         if not (math.isfinite(self.spike_norm) and self.spike_norm >= 0):
             raise AutoSNNError(f"--spike-norm must be a finite number >= 0 (0: the super-network's mean; "
                                f"got {self.spike_norm})")
+        check_objectives(self.objectives)
+        parse_pick(self.pick)
 
 
 class Search:
@@ -174,19 +193,55 @@ class Search:
         cfg, taken = self.cfg, self.seen()
         if self.generation == 0 or cfg.search_algo == "random":
             return self._random(cfg.pool, taken)
+        if cfg.search_algo == "pareto":
+            return self._propose_pareto(taken)
         parents = [parse_arch(r["arch"], self.backbone) for r in self.topk()]
         pool = self._children(cfg.mutations, lambda: self.mutate(self.rng.choice(parents)), taken)
         if len(parents) >= 2:
             pool += self._children(cfg.crossovers, lambda: self.crossover(*self.rng.sample(parents, 2)), taken)
         return pool + self._random(max(cfg.pool - len(pool), 0), taken)
 
+    def _propose_pareto(self, taken: set) -> list[Arch]:
+        """NSGA-II's offspring: the `topk` survivors of everything evaluated by (rank, crowding) over
+        the objectives, parents by binary tournament among them, then this project's mutants,
+        crossovers of two distinct parents and random fill."""
+        cfg = self.cfg
+        elite = survivors(self.history, cfg.topk, self.objectives)
+
+        def parent(entrants) -> Arch:
+            return parse_arch(tournament(entrants, self.rng)["arch"], self.backbone)
+
+        def cross() -> Arch:
+            p1 = parent(elite)
+            p2 = parent([e for e in elite if e[0]["arch"] != str(p1)])
+            return self.crossover(p1, p2)
+
+        pool = self._children(cfg.mutations, lambda: self.mutate(parent(elite)), taken)
+        if len(elite) >= 2:
+            pool += self._children(cfg.crossovers, cross, taken)
+        return pool + self._random(max(cfg.pool - len(pool), 0), taken)
+
+    @property
+    def objectives(self) -> tuple:
+        return check_objectives(self.cfg.objectives)
+
     def tell(self, archs: list[Arch], results: list[dict]) -> None:
-        """Record one generation: results[i] has acc, spikes, neuron_spikes (and anything else)."""
+        """Record one generation: results[i] has acc, spikes, neuron_spikes (and anything else;
+        sops when it is an objective)."""
+        missing = [n for n in self.objectives if self.cfg.search_algo == "pareto" and any(n not in r for r in results)]
+        if missing:
+            raise AutoSNNError(f"the evaluations carry no {missing[0]!r} (energy counting is off): "
+                               f"use --objectives acc,spikes")
         self.generation += 1
         for a, r in zip(archs, results):
             rec = {"generation": self.generation, "arch": str(a), **r}
             rec["fitness"] = fitness(r["acc"], r["spikes"], self.spike_norm, self.cfg.lam)
             self.history.append(rec)
+
+    def chosen(self) -> dict:
+        """The record of the architecture to retrain, by --pick (pareto.pick) on the accuracy-spikes
+        front of everything evaluated. --pick lambda is the paper's choice, the fittest."""
+        return pick(self.history, self.cfg.pick)
 
     def latest(self) -> list[dict]:
         """The records of the most recent generation."""
@@ -197,17 +252,12 @@ class Search:
                 "spike_norm": self.spike_norm, "first_generation": 1}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generation, self.history = state["generation"], one_based(state)
+        if state.get("first_generation") != 1:
+            raise AutoSNNError("the search checkpoint was made by an older version of this project: "
+                               "rerun the search stage in a new folder")
+        self.generation, self.history = state["generation"], state["history"]
         self.rng.setstate(state["rng"])
         self.spike_norm = state["spike_norm"]
-
-
-def one_based(doc: dict) -> list[dict]:
-    """doc["history"] with 1-based generations: files written before the numbering was unified
-    (no "first_generation" key) counted from 0."""
-    shift = 1 - doc.get("first_generation", 0)
-    return [dict(r, generation=r["generation"] + shift) if shift and "generation" in r else r
-            for r in doc["history"]]
 
 
 def at_chance(records: list[dict], num_classes: int, val_images: int | None = None) -> list[dict]:
@@ -219,8 +269,9 @@ def at_chance(records: list[dict], num_classes: int, val_images: int | None = No
 
 def run_search(search: Search, evaluate, on_generation=None, log=print, num_classes: int | None = None,
                val_images: int | None = None) -> dict:
-    """Evolve until the configured iterations are done. evaluate(archs) -> list of result dicts;
-    on_generation(search) is called after each generation (checkpointing). Returns the best record.
+    """Search until the configured iterations are done. evaluate(archs) -> list of result dicts;
+    on_generation(search) is called after each generation (checkpointing). Returns the fittest
+    record (search.best(); the one to retrain is search.chosen()).
 
     Logs one line per generation with evaluations/s and the estimated time left (from the rate of
     this call, so a resumed search re-estimates it). With num_classes (the dataset's; it cannot be
@@ -241,7 +292,8 @@ def run_search(search: Search, evaluate, on_generation=None, log=print, num_clas
         log(f"generation {search.generation}/{search.cfg.iterations}: {len(archs)} evaluated in "
             f"{now - t0:.1f}s ({rate:.2f} evals/s), {progress(start, done, done - evaluated, total)}; "
             f"best fitness "
-            f"{best['fitness']:.4f} acc {best['acc']:.4f} spikes {best['spikes']:.0f} {best['arch']}")
+            f"{best['fitness']:.4f} acc {best['acc']:.4f} spikes {best['spikes']:.0f} {best['arch']}"
+            + (f"; front of {len(pareto_front(search.history))}" if search.cfg.search_algo == "pareto" else ""))
         if num_classes:
             tied = at_chance(search.latest(), num_classes, val_images)
             if 2 * len(tied) > len(archs):
@@ -254,126 +306,14 @@ def run_search(search: Search, evaluate, on_generation=None, log=print, num_clas
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluating architectures with the super-network's weights
+# Re-ranking a history
 # ---------------------------------------------------------------------------------------------
-
-@torch.inference_mode()
-def evaluate_pool(net: SpikingNetwork, archs: list, batches, energy: bool = True) -> list[dict]:
-    """Accuracy and spikes per image of every architecture on the same batches, in eval mode.
-
-    batches: iterable of (x [B, ...], y [B]). Walks the tree of shared prefixes depth-first: the
-    stem runs once per batch, and a block runs once for all architectures that agree up to it.
-    Returns one dict per arch: acc, spikes, neuron_spikes, per_layer (spikes per image per layer),
-    and with `energy` the estimate of SpikeStats.energy() (sops, energy_uj, ann_energy_uj, ...).
-    """
-    net.eval()
-    archs = [parse_arch(a, net.backbone) for a in archs]
-    layouts = [net.layout(a) for a in archs]
-    correct: list = [0] * len(archs)
-    stats: list = [None] * len(archs)
-    for x, y in batches:
-        net.check_input(x)
-
-        def descend(depth, h, trace, members):
-            if depth == len(layouts[0]):
-                out = net.head(h, trace).sum(0)
-                hit = (predict(out) == y).sum()
-                s = SpikeStats.from_trace(trace, x.shape[0], net.T, x.device)
-                for i in members:
-                    correct[i] = correct[i] + hit
-                    stats[i] = s if stats[i] is None else stats[i] + s
-                return
-            groups: dict = {}
-            for i in members:
-                groups.setdefault(layouts[i][depth], []).append(i)
-            for block, group in groups.items():
-                branch = trace.copy() if len(groups) > 1 else trace
-                descend(depth + 1, net.run_position(depth, h, block, branch), branch, group)
-
-        trace = Trace(counting=net.neuron != "ann", energy=energy)
-        descend(0, net.stem(net.stem.encode(x, net.T, trace), trace), trace, list(range(len(archs))))
-    return [_result(c, s) for c, s in zip(correct, stats)]
-
-
-def _result(correct, stats: SpikeStats) -> dict:
-    """Plain numbers from device accumulators (one host sync)."""
-    summary = stats.summary()
-    out = {"acc": float(correct) / stats.batch, "spikes": summary["spikes"],
-           "neuron_spikes": summary["neuron_spikes"], "per_layer": summary["per_layer"]}
-    if stats.syn_names:
-        out["energy"] = stats.energy()
-    return out
-
-
-@torch.inference_mode()
-def evaluate_model(net, batches, arch=None, energy: bool = True) -> dict:
-    """Accuracy, spikes and energy estimate of one network (a child, a super-network path with
-    `arch`, or a hand-crafted baseline) in eval mode, through its plain forward."""
-    net.eval()
-    correct, stats = 0, None
-    for x, y in batches:
-        out, s = net(x, arch, energy=energy)
-        correct = correct + (predict(out) == y).sum()
-        stats = s if stats is None else stats + s
-    return _result(correct, stats)
-
-
-def recalibrate_bn(net: SpikingNetwork, arch, batches) -> None:
-    """Re-estimate BN running statistics of one path as a cumulative average over `batches`
-    (train-mode forwards, no gradient). Modifies `net`: use it on a child copy."""
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for x, _ in batches:
-            net(x, arch)
-    for m in bns:
-        m.momentum = 0.1
-
-
-def evaluate_archs(supernet: SpikingNetwork, archs: list, val_batches, recalib_batches=None) -> list[dict]:
-    """Evaluate a pool with the super-network's weights, one flat record per architecture (acc,
-    spikes, neuron_spikes, and the energy estimate's sops, energy_uj, ann_energy_uj).
-    val_batches / recalib_batches: callables returning a fresh iterable of batches. With
-    recalib_batches, each architecture becomes a child network (its path's weights) whose BN
-    statistics are re-estimated first; otherwise the pool shares prefixes (evaluate_pool)."""
-    if recalib_batches is None:
-        results = evaluate_pool(supernet, archs, val_batches())
-    else:
-        results = []
-        for a in archs:
-            child = supernet.child(a)
-            recalibrate_bn(child, a, recalib_batches())
-            results += evaluate_pool(child, [a], val_batches())
-    flat = []
-    for r in results:
-        row = {k: r[k] for k in ("acc", "spikes", "neuron_spikes")}
-        if "energy" in r:
-            row.update({k: r["energy"][k] for k in ("sops", "energy_uj", "ann_energy_uj")})
-        flat.append(row)
-    return flat
-
-
-# ---------------------------------------------------------------------------------------------
-# History, Pareto front, re-ranking
-# ---------------------------------------------------------------------------------------------
-
-def pareto_front(history: list[dict]) -> list[dict]:
-    """Records not dominated in (higher acc, fewer spikes), sorted by spikes."""
-    front = [r for r in history
-             if not any(o["acc"] >= r["acc"] and o["spikes"] <= r["spikes"]
-                        and (o["acc"] > r["acc"] or o["spikes"] < r["spikes"]) for o in history)]
-    return sorted(front, key=lambda r: (r["spikes"], -r["acc"]))
-
 
 def rerank(history: list[dict], lam: float, norm: float, budget: float | None = None, top: int = 10,
            by: str = "spikes") -> list[dict]:
     """The best `top` records under acc * (record[by] / norm) ** lam, optionally keeping only records
     with record[by] <= budget. `by` is "spikes" (the paper), "neuron_spikes", "sops" or "energy_uj"."""
-    if not (math.isfinite(lam) and lam <= 0):
-        raise AutoSNNError(f"lambda must be <= 0 and finite (got {lam})")
+    check_lambda(lam)
     if not (math.isfinite(norm) and norm > 0):
         raise AutoSNNError(f"the normaliser must be a finite number > 0 (got {norm})")
     if budget is not None and not budget >= 0:
@@ -385,127 +325,6 @@ def rerank(history: list[dict], lam: float, norm: float, budget: float | None = 
     rows = [dict(r, fitness=fitness(r["acc"], r[by], norm, lam)) for r in history
             if budget is None or r[by] <= budget]
     return sorted(rows, key=lambda r: -r["fitness"])[:top]
-
-
-def write_history(run_dir: Path, search: Search, atomic_write) -> None:
-    """search.json (every evaluated architecture) and pareto.csv (the non-dominated set).
-    atomic_write(path, text) writes one file."""
-    records = search.history
-    doc = {"lam": search.cfg.lam, "spike_norm": search.spike_norm, "algorithm": search.cfg.search_algo,
-           "generations": search.generation, "first_generation": 1, "history": records}
-    atomic_write(run_dir / "search.json", json.dumps(doc, indent=1))
-    fields = ["generation", "arch", "acc", "spikes", "neuron_spikes", "fitness", "sops", "energy_uj"]
-    atomic_write(run_dir / "pareto.csv", csv_text(fields, pareto_front(records)))
-
-
-def csv_text(fields: list, rows: list[dict]) -> str:
-    """CSV with a header row; missing values are empty."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def read_json(path: Path):
-    """A JSON file's content; a missing, unreadable or damaged file is an AutoSNNError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AutoSNNError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AutoSNNError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    except json.JSONDecodeError as e:
-        raise AutoSNNError(f"{path} is damaged (not valid JSON: {e.msg} at line {e.lineno})") from None
-
-
-def load_history(run_dir: Path) -> dict:
-    """search.json of a run folder, checked, with 1-based generations."""
-    path = Path(run_dir) / "search.json"
-    if not path.is_file():
-        raise AutoSNNError(f"{path} not found: point at a run folder whose search stage has run")
-    doc = read_json(path)
-    h = doc.get("history") if isinstance(doc, dict) else None
-    if not isinstance(h, list) or not all(isinstance(r, dict) and {"arch", "acc", "spikes", "fitness"} <= set(r)
-                                          for r in h):
-        raise AutoSNNError(f"{path} has no valid \"history\" list (arch, acc, spikes, fitness per record): "
-                           "not a search result of this project")
-    if not h:
-        raise AutoSNNError(f"{path} holds no evaluated architecture")
-    return {**doc, "history": one_based(doc)}
-
-
-def plot_run(run_dir, log=print) -> list[str]:
-    """Draw pareto.png (every evaluated architecture, the non-dominated front, the chosen one) from
-    search.json and curves.png (loss, accuracy, spikes per epoch of each training stage) from
-    metrics.jsonl. matplotlib is optional: without it, one line says so and nothing fails."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("note: no plots drawn (matplotlib is not installed: pip install matplotlib)")
-        return []
-    run_dir, written = Path(run_dir), []
-
-    def save(fig, name):
-        buf = io.BytesIO()                 # render first, so the file is written in one durable step
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write(run_dir / name, lambda f: f.write(buf.getvalue()))
-        written.append(name)
-
-    if (run_dir / "search.json").is_file():
-        doc = load_history(run_dir)
-        h, front = doc["history"], pareto_front(doc["history"])
-        best = max(h, key=lambda r: r["fitness"])
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
-        pts = ax.scatter([r["spikes"] for r in h], [r["acc"] for r in h], c=[r.get("generation", 1) for r in h],
-                         s=14, cmap="viridis", label="evaluated")
-        fig.colorbar(pts, ax=ax, label="generation (1 = initial random pool)")
-        ax.plot([r["spikes"] for r in front], [r["acc"] for r in front], "-o", color="tab:red", ms=4,
-                label="non-dominated")
-        ax.scatter([best["spikes"]], [best["acc"]], marker="*", s=220, color="black", label="chosen", zorder=3)
-        ax.set(xlabel="spikes per image (D_val)", ylabel="accuracy (D_val)",
-               title=f"{doc.get('algorithm', 'evolution')} search, lambda = {doc.get('lam')}")
-        ax.legend(loc="lower right", fontsize=8)
-        save(fig, "pareto.png")
-    rows = read_metrics(run_dir / "metrics.jsonl", log)
-    stages = [s for s in ("supernet", "retrain") if any(r.get("stage") == s and "epoch" in r for r in rows)]
-    if stages:
-        fig, axes = plt.subplots(len(stages), 3, figsize=(12, 3.2 * len(stages)), squeeze=False)
-        for row, stage in zip(axes, stages):
-            # a row repeated by an interrupted run counts once (the last one written wins)
-            ms = sorted({r["epoch"]: r for r in rows if r.get("stage") == stage and "epoch" in r}.values(),
-                        key=lambda r: r["epoch"])
-            ep = [r["epoch"] for r in ms]
-            for ax, key, label in zip(row, ("loss", "acc", "spikes"), ("loss", "accuracy", "spikes per image")):
-                ax.plot(ep, [r.get(key, math.nan) for r in ms], "-o", ms=3, label="train")
-                test = [(r["epoch"], r["test_" + key]) for r in ms if "test_" + key in r]
-                if test:
-                    ax.plot(*zip(*test), "-s", ms=3, label="test")
-                    ax.legend(fontsize=8)
-                ax.set(xlabel="epoch", ylabel=label, title=f"{stage}: {label}")
-        fig.tight_layout()
-        save(fig, "curves.png")
-    return written
-
-
-def read_metrics(path: Path, log=print) -> list[dict]:
-    """The rows of metrics.jsonl; a damaged line (a crash mid-append) is skipped with a note."""
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif line.strip():
-            log(f"note: {path} line {i} is damaged and left out of the plots")
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +340,9 @@ OPTIONAL_KEYS = (("run", "n_train"), ("run", "n_test"), ("run", "cutout"))     #
 
 def export_run(run_dir) -> dict:
     """The architecture a run found and the command that retrains it from scratch with the run's
-    settings: {"arch", "source" (the file it came from), "search" (its record, or None), "command"}."""
+    settings: {"arch", "source" (the file it came from), "search" (its record in search.json, or None),
+    "command"}. The architecture is best_arch.txt's, else the search's --pick from search.json, else
+    the run's --arch."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AutoSNNError(f"{run_dir} is not a folder: give a run folder such as runs/<name>")
@@ -534,9 +355,12 @@ def export_run(run_dir) -> dict:
     if missing:
         raise AutoSNNError(f"{cfg_path} lacks {', '.join(missing[:3])}: not a configuration of this project")
     backbone = cfg["run"]["backbone"]
-    record, arch_path, search_path = None, run_dir / "best_arch.txt", run_dir / "search.json"
+    record, arch_path, search_path, history = None, run_dir / "best_arch.txt", run_dir / "search.json", []
     if search_path.is_file():
-        record = max(load_history(run_dir)["history"], key=lambda r: r["fitness"])
+        doc = load_history(run_dir)
+        history = doc["history"]
+        if not arch_path.is_file():       # what train.py would have written: the search's --pick
+            record = pick(history, doc.get("pick", "lambda"))
     if arch_path.is_file():
         text, source = arch_path.read_text().strip(), arch_path
     elif record is not None:
@@ -556,8 +380,7 @@ def export_run(run_dir) -> dict:
         if (sec, k) in OPTIONAL_KEYS and not v:
             continue
         args += ["--" + k.replace("_", "-"), str(v)]
-    if record is not None and record["arch"] != str(arch):
-        record = None
+    record = next((r for r in history if r["arch"] == str(arch)), None)
     return {"arch": str(arch), "source": str(source), "search": record, "command": shlex.join(args)}
 
 
@@ -578,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", "--spike-budget", dest="budget", type=float, default=None,
                    help="drop architectures whose cost is above this")
     r.add_argument("--top", type=int, default=10, help="how many to print (default 10)")
+    r.add_argument("--pick", default=None, help="instead: the one architecture of the accuracy-spikes front "
+                   "under lambda, knee or budget:SPIKES (lambda: the search's own fitness)")
     pl = sub.add_parser("plot", help="redraw pareto.png and curves.png of a run folder")
     pl.add_argument("run", type=Path, help="run folder")
     ex = sub.add_parser("export", help="print the architecture found and the command that retrains it")
@@ -622,6 +447,12 @@ def print_rerank(args) -> None:
     doc = load_history(args.run)
     path = args.run / "search.json"
     h = doc["history"]
+    if args.pick is not None:
+        r = pick(h, args.pick)
+        print(f"--pick {args.pick} on the front of {len(pareto_front(h))} of {len(h)} architectures:")
+        print(f"{r['arch']}   (generation {r.get('generation', '?')}, val acc {r['acc']:.4f}, "
+              f"spikes {r['spikes']:.0f}, fitness {r['fitness']:.4f})")
+        return
     if any(args.by not in r for r in h):
         raise AutoSNNError(f"{path} has no {args.by!r} for every architecture")
     lam = doc.get("lam") if args.lam is None else args.lam

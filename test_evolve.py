@@ -12,6 +12,7 @@ import torch
 
 import evolve
 import files
+import plots
 import search_space
 import train
 from autosnn import SpikingNetwork
@@ -80,18 +81,20 @@ def test_generations_are_one_based_everywhere(tmp_path):
     assert evolve.load_history(d)["history"] == s.history
 
 
-def test_files_from_before_the_unified_numbering_are_shifted(tmp_path):
+def test_files_from_an_older_version_are_refused_in_one_line(tmp_path):
+    """No silent mapping of the project's own earlier files (0-based generations, no
+    "first_generation" key): one line that says to rerun."""
     s = make_search()
     run_search(s, fake_eval, log=lambda m: None)
     old = s.state_dict()
     old.pop("first_generation")
-    old["history"] = [dict(r, generation=r["generation"] - 1) for r in old["history"]]   # 0-based, as before
-    t = make_search()
-    t.load_state_dict(old)
-    assert t.history == s.history and t.generation == 3
+    with pytest.raises(AutoSNNError, match="older version.*rerun") as e:
+        make_search().load_state_dict(old)
+    assert "\n" not in str(e.value)
     doc = {"lam": -0.08, "spike_norm": 1e5, "algorithm": "evolution", "generations": 3, "history": old["history"]}
     atomic_write_text(tmp_path / "search.json", json.dumps(doc))
-    assert [r["generation"] for r in evolve.load_history(tmp_path)["history"]] == [1] * 6 + [2] * 6 + [3] * 6
+    with pytest.raises(AutoSNNError, match="search.json was made by an older version"):
+        evolve.load_history(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +136,19 @@ def test_chance_warning_fires_on_a_silent_supernet_only():
     lines = []       # a healthy spread of accuracies: no warning
     run_search(make_search(), fake_eval, log=lines.append, num_classes=10, val_images=200)
     assert lines and not any("warning" in ln for ln in lines)
+
+
+def test_chance_warning_counts_the_generation_not_the_history():
+    """Generation 1 all at chance, generation 2 none: one warning, for generation 1 (counting the
+    whole history, 6 of 12 records against a pool of 6, would warn again for generation 2)."""
+    def first_at_chance(archs, calls=[]):
+        calls.append(1)
+        return [{"acc": 0.1 if len(calls) == 1 else 0.6, "spikes": 1e5, "neuron_spikes": 1e5} for _ in archs]
+
+    lines = []
+    run_search(make_search(iterations=2), first_at_chance, log=lines.append, num_classes=10, val_images=100)
+    warnings = [ln for ln in lines if ln.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: generation 1: 6 of 6")
 
 
 def test_chance_warning_needs_more_than_half():
@@ -287,8 +303,204 @@ def test_plots_are_written_durably(tmp_path, monkeypatch):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "sup')
     written, notes = [], []
     real = files.atomic_write
-    monkeypatch.setattr(evolve, "atomic_write", lambda p, w: (written.append(p.name), real(p, w)))
+    monkeypatch.setattr(plots, "atomic_write", lambda p, w: (written.append(p.name), real(p, w)))
     assert evolve.plot_run(d, notes.append) == ["pareto.png", "curves.png"]
     assert written == ["pareto.png", "curves.png"] and "line 4 is damaged" in notes[0]
     assert (d / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in d.iterdir() if "tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parents, evaluation in eval mode, BN recalibration without host syncs
+# ---------------------------------------------------------------------------------------------
+
+def test_evolution_children_are_flips_of_the_topk_only():
+    """Mutation only, mutation_prob 1 on a two-candidate space: a mutant is its parent with every
+    position flipped, so the next pool is exactly the unseen flips of the topk fittest records (not
+    of any generation-1 architecture), then random fill."""
+    bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))
+    s = Search(bb, SearchConfig(iterations=3, pool=8, topk=3, mutations=3, crossovers=0, mutation_prob=1.0,
+                                tries=40), 1e5, random.Random(5))
+    pool = s.propose()
+    s.tell(pool, fake_eval(pool))
+    flip = {"skip_connect": "SCB_k3", "SCB_k3": "skip_connect"}
+    flips = {"-".join(flip[b] for b in r["arch"].split("-")) for r in s.topk()}
+    others = {"-".join(flip[b] for b in r["arch"].split("-")) for r in s.history} - flips
+    want = flips - s.seen()
+    nxt = [str(a) for a in s.propose()]
+    assert len(want) >= 2 and others - s.seen()            # the test can tell topk parents from others
+    assert set(nxt[:len(want)]) == want
+
+
+def eval_net():
+    """A small super-network in train mode with non-trivial BN statistics. -> (net, x, y)."""
+    torch.manual_seed(0)
+    net = SpikingNetwork("AutoSNN_4", num_classes=4, T=2, v_th=0.4)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2
+    y = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for _ in range(3):
+            net(x * 0.5 + 1, search_space.AUTOSNN)       # running stats away from this batch's own
+    return net, x, y
+
+
+def test_evaluation_runs_in_eval_mode_and_matches_the_plain_forward():
+    """Both evaluators, called on a network left in train mode, give the eval-mode forward's numbers
+    and leave the BN running statistics alone (a train-mode forward would use batch statistics and
+    update them)."""
+    archs = [search_space.AUTOSNN, parse_arch(["SCB_k3"] * 5), parse_arch(["skip_connect"] * 5)]
+    net, x, y = eval_net()
+    ref_net = eval_net()[0].eval()
+    want = []
+    with torch.no_grad():
+        for a in archs:
+            out, st = ref_net(x, a)
+            want.append(((out.argmax(1) == y).sum().item() / len(y), st.summary()["spikes"]))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    pooled = evolve.evaluate_pool(net, archs, [(x[:5], y[:5]), (x[5:], y[5:])])
+    net.train()
+    alone = [evolve.evaluate_model(net.train(), [(x, y)], a) for a in archs]
+    for (acc, spikes), p, m in zip(want, pooled, alone):
+        assert p["acc"] == m["acc"] == acc
+        assert p["spikes"] == pytest.approx(spikes) and m["spikes"] == pytest.approx(spikes)
+    assert len({w[1] for w in want}) == len(archs)          # the architectures really differ
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert "silent_layers" in alone[0] and all(alone[0]["per_layer"][n] == 0 for n in alone[0]["silent_layers"])
+
+
+def count_syncs(monkeypatch, fn):
+    """Calls of host-syncing tensor methods while fn() runs."""
+    calls = {"n": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, **k):
+            calls["n"] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    fn()
+    monkeypatch.undo()
+    return calls["n"]
+
+
+def test_recalibrate_bn_reads_nothing_back_and_averages_cumulatively(monkeypatch):
+    """torch's momentum=None reads num_batches_tracked with float() at every BN call; recalibrate_bn
+    must not. The result is still the plain average of the batch statistics (compared here with
+    torch's own cumulative mode)."""
+    net, x, _ = eval_net()
+    batches = [(x[i:i + 2] * (1 + i), None) for i in range(0, 8, 2)]
+    child = net.child(search_space.AUTOSNN)
+    assert count_syncs(monkeypatch, lambda: evolve.recalibrate_bn(child, search_space.AUTOSNN, batches)) == 0
+    ref = net.child(search_space.AUTOSNN)
+    bns = [m for m in ref.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    ref.train()
+    with torch.no_grad():
+        for b, _ in batches:
+            ref(b, search_space.AUTOSNN)
+    for (k, v), (k2, w) in zip(child.state_dict().items(), ref.state_dict().items()):
+        if "running" in k:
+            assert torch.allclose(v, w, rtol=1e-5, atol=1e-6), k
+    assert all(m.momentum == 0.1 for m in child.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitness and search mechanics (moved from test_pipeline.py)
+# ---------------------------------------------------------------------------------------------
+
+BIG = {"iterations": 4, "pool": 10, "topk": 5, "mutations": 5, "crossovers": 3}
+
+
+def test_fitness_values():
+    f = evolve.fitness
+    assert f(0.9, 5000, 1000, 0.0) == 0.9
+    assert f(0.5, 2000, 1000, -0.08) == pytest.approx(0.5 * math.exp(-0.08 * math.log(2)))   # (2000/1000)^-0.08
+    assert f(0.5, 1000, 1000, -0.24) == pytest.approx(0.5)
+    assert f(0.5, 500, 1000, -0.16) > 0.5 > f(0.5, 1500, 1000, -0.16)
+    assert f(0.1, 0, 1000, -0.08) == 0.0
+    with pytest.raises(AutoSNNError, match="lambda"):
+        f(0.5, 100, 100, 0.1)
+
+
+def test_more_negative_lambda_never_picks_more_spikes():
+    rng = random.Random(0)
+    for _ in range(200):
+        history = [{"arch": str(i), "acc": rng.uniform(0.1, 0.95), "spikes": rng.uniform(1e4, 3e5)}
+                   for i in range(30)]
+        picks = [evolve.rerank(history, lam, 1e5, top=1)[0] for lam in (0.0, -0.08, -0.16, -0.24, -0.5)]
+        spikes = [p["spikes"] for p in picks]
+        assert all(a >= b for a, b in zip(spikes, spikes[1:]))
+        assert picks[0]["acc"] == max(h["acc"] for h in history)
+
+
+def test_mutation_probability_and_validity():
+    s = make_search(mutation_prob=0.2)
+    changed = []
+    for _ in range(4000):
+        child = s.mutate(search_space.AUTOSNN)
+        parse_arch(str(child))
+        changed.append(sum(a != b for a, b in zip(child, search_space.AUTOSNN)))
+    assert sum(changed) / len(changed) == pytest.approx(5 * 0.2, abs=0.06)     # binomial(5, 0.2) mean
+    assert changed.count(0) / len(changed) == pytest.approx(0.8 ** 5, abs=0.03)
+
+
+def test_crossover_is_one_point():
+    s = make_search()
+    p1, p2 = parse_arch(["SCB_k3"] * 5), parse_arch(["SRB_k5"] * 5)
+    cuts = set()
+    for _ in range(400):
+        c = s.crossover(p1, p2)
+        k = c.count("SCB_k3")
+        assert c == tuple(["SCB_k3"] * k + ["SRB_k5"] * (5 - k))
+        cuts.add(k)
+    assert cuts == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("algo", ["evolution", "random", "pareto"])
+def test_every_algorithm_proposes_unseen_valid_architectures_at_the_same_budget(algo):
+    s = make_search(search_algo=algo, **BIG)
+    seen = set()
+    while not s.done:
+        pool = s.propose()
+        strs = [str(a) for a in pool]
+        assert len(pool) == 10 and len(set(strs)) == 10 and not seen & set(strs)
+        for a in pool:
+            parse_arch(str(a))
+        seen |= set(strs)
+        s.tell(pool, fake_eval(pool))
+    assert len(s.history) == 40
+    assert s.topk()[0]["fitness"] == max(h["fitness"] for h in s.history)
+
+
+def test_search_state_roundtrip_continues_identically():
+    a, b = make_search(**BIG), make_search(**BIG)
+    for _ in range(2):
+        pool = a.propose()
+        a.tell(pool, fake_eval(pool))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict(), default=list)) | {"rng": a.rng.getstate()})
+    for s in (a, b):
+        run_search(s, fake_eval, log=lambda m: None)
+    assert a.history == b.history
+
+
+def test_small_space_exhausts_cleanly():
+    bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))      # 2^5 = 32 archs
+    s = Search(bb, SearchConfig(iterations=10, pool=10, topk=3, mutations=3, crossovers=3), 1e5, random.Random(0))
+    run_search(s, fake_eval, log=lambda m: None)
+    assert len(s.history) == len({h["arch"] for h in s.history}) == 32
+
+
+def test_prefix_shared_pool_equals_one_by_one():
+    net, x, y = eval_net()
+    rng = random.Random(3)
+    archs = [search_space.sample_arch(net.backbone, rng) for _ in range(10)] + [search_space.AUTOSNN]
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    together = evolve.evaluate_pool(net, archs, batches)
+    for a, r in zip(archs, together):
+        alone = evolve.evaluate_pool(net, [a], batches)[0]
+        assert alone["acc"] == r["acc"] and alone["spikes"] == r["spikes"]
+        assert alone["neuron_spikes"] == r["neuron_spikes"] and alone["per_layer"] == r["per_layer"]
+    assert len({r["spikes"] for r in together}) > 5
