@@ -36,6 +36,7 @@ retrains it:
     python evolve.py rerank runs/X --pick knee                    # one architecture of the front
     python evolve.py plot runs/X
     python evolve.py export runs/X
+    python evolve.py export runs/X --nir net.nir     # and the retrained network as a NIR graph (nir_export.py)
 """
 from __future__ import annotations
 
@@ -405,8 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "under lambda, knee or budget:SPIKES (lambda: the search's own fitness)")
     pl = sub.add_parser("plot", help="redraw pareto.png and curves.png of a run folder")
     pl.add_argument("run", type=Path, help="run folder")
-    ex = sub.add_parser("export", help="print the architecture found and the command that retrains it")
+    ex = sub.add_parser("export", help="print the architecture found and the command that retrains it; "
+                                       "with --nir, also write the retrained network as a NIR graph")
     ex.add_argument("run", type=Path, help="run folder")
+    ex.add_argument("--nir", type=Path, default=None, metavar="FILE.nir",
+                    help="write the run's retrained network (model.pt) to this NIR file (needs: pip install nir)")
+    ex.add_argument("--dt", type=float, default=1.0,
+                    help="with --nir: the time step the graph's time constants are in, tau = dt / k (default 1)")
     return p
 
 
@@ -422,7 +428,11 @@ def main(argv=None) -> int:
             written = plot_run(args.run)
             print("wrote " + ", ".join(str(args.run / w) for w in written) if written else "nothing drawn")
         elif args.cmd == "export":
-            print_export(export_run(args.run), args.run)
+            res = export_run(args.run)
+            if args.nir is not None:
+                from nir_export import write_nir          # needs the nir package: imported only here
+                write_nir(args.run, args.nir, dt=args.dt)
+            print_export(res, args.run)
         else:
             print_rerank(args)
     except AutoSNNError as e:
