@@ -31,7 +31,7 @@ import torch.utils.checkpoint
 
 from files import AutoSNNError, atomic_write
 from neurons import (NEURONS, CompiledLoops, Neuron, SpikeFn, _float32_at_least, atan_surrogate,  # noqa: F401
-                     neuron_factory, neuron_loop, neuron_step, no_grad_loop)
+                     neuron_factory, neuron_loop, neuron_step, no_grad_loop, one_step_per_call)
 from search_space import AVG_POOL, MAX_POOL, Arch, check_candidate, get_backbone, parse_arch
 from spikes import E_AC, E_MAC, SpikeStats, Trace, fanout, recording  # noqa: F401
 
@@ -266,34 +266,6 @@ def _recomputing(module: nn.Module):
             for m, saved in zip(bns, before):
                 for b, s in zip(m.buffers(), saved):
                     b.copy_(s)
-
-
-@contextmanager
-def one_step_per_call(net: nn.Module):
-    """The original code's form, kept as a reference: while active, every neuron layer of `net`
-    keeps its membrane between calls and treats each call as one time step (x: [1, B, ...])."""
-    neurons = [m for m in net.modules() if isinstance(m, Neuron) and m.kind != "ann"]
-    before = [m.__dict__.get("forward") for m in neurons]      # a compiled forward, if any
-
-    def stepper(neuron):
-        membrane = []
-
-        def forward(x):
-            v = membrane.pop() if membrane else torch.zeros_like(x[0])
-            s, v = neuron.step(_float32_at_least(x[0]), v)
-            membrane.append(v)
-            return s.unsqueeze(0)
-        return forward
-
-    for m in neurons:
-        m.forward = stepper(m)
-    try:
-        yield
-    finally:
-        for m, f in zip(neurons, before):
-            del m.forward
-            if f is not None:
-                m.forward = f
 
 
 class SpikingNetwork(nn.Module):

@@ -539,11 +539,10 @@ def original_table(res: dict) -> str:
     lines = [f"{c['backbone']} {c['arch']}, T={c['T']}, batch {c['batch']} (search: pool of {c['pool']} on "
              f"{c['search_images']} images, scaled to {VAL_IMAGES:,}), {c['device']}, {c['threads']} threads, torch "
              f"{c['torch']}; medians of {c['reps']} interleaved repetitions", *c["notes"], "",
-             f"{'':28}" + "".join(f"{f:>15}" for f in forms) + "".join(f"{'ratio ' + f[5:] if f != 'ours' else 'ratio':>14}"
-                                                                    for f in forms[1:])]
+             f"{'':28}" + "".join(f"{f:>15}" for f in forms) + "".join(f"{'ratio' + f[4:]:>17}" for f in forms[1:])]
     for r in res["rows"]:
         lines.append(f"{r['case'] + ' ' + r['unit']:28}" + "".join(f"{r['rate'][f]:15.2f}" for f in forms)
-                     + "".join(f"{r['ratio'][f]:13.2f}x" for f in forms[1:]))
+                     + "".join(f"{r['ratio'][f]:16.2f}x" for f in forms[1:]))
     if res["compile_s"] is not None:
         first = {r["case"]: r["first_s"]["ours compiled"] for r in res["rows"]}
         lines.append("compile: " + f"{res['compile_s']:.1f} s in calls that compiled a neuron-loop graph; first "

@@ -11,12 +11,14 @@ The update is written once (`neuron_step`). Its execution forms, each tested bit
   - training (autograd): `neuron_loop`, under an activation checkpoint (eager);
   - evaluation (no autograd): `no_grad_loop`, the same arithmetic in place (eager);
   - compiled (`CompiledLoops`, given to a layer by autosnn.compile_network): `neuron_loop` under
-    torch.compile, one function for training and one for evaluation.
+    torch.compile, one function for training and one for evaluation;
+  - one step per call (`one_step_per_call`): the original code's form, the reference in tests.
 Needs only torch: this file copies out alone.
 """
 import functools
 import math
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -178,3 +180,31 @@ def neuron_factory(kind="plif", tau0=2.0, v_th=1.0, alpha=2.0):
     """A function that makes a fresh neuron layer with these options (validated now)."""
     Neuron(kind, tau0, v_th, alpha)
     return functools.partial(Neuron, kind, tau0, v_th, alpha)
+
+
+@contextmanager
+def one_step_per_call(net: nn.Module):
+    """The original code's form, kept as a reference: while active, every neuron layer of `net`
+    keeps its membrane between calls and treats each call as one time step (x: [1, B, ...])."""
+    neurons = [m for m in net.modules() if isinstance(m, Neuron) and m.kind != "ann"]
+    before = [m.__dict__.get("forward") for m in neurons]      # a compiled forward, if any
+
+    def stepper(neuron):
+        membrane = []
+
+        def forward(x):
+            v = membrane.pop() if membrane else torch.zeros_like(x[0])
+            s, v = neuron.step(_float32_at_least(x[0]), v)
+            membrane.append(v)
+            return s.unsqueeze(0)
+        return forward
+
+    for m in neurons:
+        m.forward = stepper(m)
+    try:
+        yield
+    finally:
+        for m, f in zip(neurons, before):
+            del m.forward
+            if f is not None:
+                m.forward = f
