@@ -27,8 +27,8 @@ Figures, each the median of --reps timed repetitions after --warmup untimed ones
   memory          saved MiB: the tensors autograd keeps for one training step's backward (what grows
                   with T and the batch); CUDA max allocated per measurement; the process's peak RSS
   scaling         train/eval img/s and memory for T in --scale-T, and for batch sizes in --scale-batch
-  agreement       with --compile or --amp: the child network (train mode with --compile, where the
-                  compiled neuron loop runs; else eval mode) against plain eager fp32 on
+  agreement       with --compile or --amp: the child network (with --compile in train mode and in
+                  eval mode, both of which run the compiled loops) against plain eager fp32 on
                   the same batch: the fraction of neuron outputs (units x steps) that differ, the
                   relative change in spikes per image, and the fraction of images with the same
                   prediction. (Threshold units turn any rounding difference into a spike or none.)
@@ -162,7 +162,7 @@ def neuron_outputs(net, x, amp=None, train=False) -> tuple:
 
 def agreement(net, reference, x, amp=None, train=False) -> dict:
     """How far `net` (compiled and/or under autocast `amp`) is from `reference` (eager fp32) on one
-    batch (in train mode for compiled neurons, which run compiled only with autograd on): fraction
+    batch (train mode with autograd on, or eval mode under inference_mode): fraction
     of neuron outputs that differ, relative change of spikes per image, fraction of images with the
     same prediction."""
     out, spikes = neuron_outputs(net, x, amp, train)
@@ -290,7 +290,8 @@ def run(args) -> dict:
                       "allocator_tuning": device.type == "cpu" and not args.no_allocator_tuning,
                       "torch": torch.__version__, "compile": args.compile, "amp": args.amp, "notes": notes}}
     if args.compile or amp is not None:
-        res["agreement"] = agreement(child, eager_child, x, amp, train=args.compile)
+        res["agreement"] = [agreement(child, eager_child, x, amp, train=train)
+                            for train in ((True, False) if args.compile else (False,))]
     for name, net, path in (("child", child, fixed), ("supernet", sup, random_path)):
         ours = speed(net, x, y, path, device, args.reps, args.warmup, amp=amp)
         ref = speed(net, x, y, path, device, args.reps, args.warmup, stepwise=True)
@@ -339,8 +340,7 @@ def table(res: dict) -> str:
                      f"{r['eval_ratio']:6.2f}   {r['train_saved_mib']:9.0f}")
     lines.append(f"first training step (compiles with --compile): child {res['child']['first_step_s']:.1f} s, "
                  f"super-network {res['supernet']['first_step_s']:.1f} s")
-    if "agreement" in res:
-        a = res["agreement"]
+    for a in res.get("agreement", []):
         lines.append(f"agreement with eager fp32 (child, {a['mode']}, {a['images']} images): "
                      f"{100 * a['differing_spike_fraction']:.4f}% of neuron outputs differ, spikes per image "
                      f"{100 * a['spike_count_change']:+.4f}%, same prediction on {100 * a['same_prediction_fraction']:.1f}%")
