@@ -128,6 +128,9 @@ class CompiledLoops:
     def __deepcopy__(self, memo):       # compiled functions are shared, never copied
         return self
 
+    def __reduce__(self):               # pickled (a network sent to another process): compile afresh there
+        return CompiledLoops, (self.v_th, self.alpha)
+
 
 class Neuron(nn.Module):
     """A layer of spiking neurons (PLIF default), or ReLU for the ANN ablation. x: [T, B, ...] -> same.
