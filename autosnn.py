@@ -13,23 +13,15 @@ layer runs its own loop over T and keeps no state between calls.
     >>> net.load_state_dict(supernet.path_state_dict(AUTOSNN))                     # one path's weights
     >>> save_model(net, "model.pt"); net = SpikingNetwork.load("model.pt")          # eval mode
 
-Neuron (sec. 3.1), with x[t] the input current, v[-1] = 0, V_th = 1:
-    PLIF  v[t] = v'[t-1] + (x[t] - v'[t-1]) * sigmoid(w)     one learnable w per layer, w0 = -ln(tau0 - 1)
-    LIF   v[t] = v'[t-1] + (x[t] - v'[t-1]) / tau            fixed tau
-    IF    v[t] = v'[t-1] + x[t]
-    s[t]  = H(v[t] - V_th)   (H(0) = 1);   v'[t] = v[t] * (1 - s[t])   (hard reset, s detached)
-    ds/dv = alpha/2 / (1 + (pi/2 * alpha * (v - V_th))^2)   (ATan surrogate, alpha = 2)
-
-The neurons and blocks are plain modules (`forward(x)`); spikes and synaptic operations are
-counted by the network, in one place: `Trace` (see its docstring for what is counted).
+Neurons (sec. 3.1: PLIF, LIF, IF, the surrogate, their loops over T) live in neurons.py, spike
+counting and statistics (sec. 3.4: Trace, SpikeStats, the energy estimate) in spikes.py; their names
+are importable from here too. The blocks are plain modules (`forward(x)`); spikes and synaptic
+operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
 BatchNorm, membranes and spikes stay float32 (BN and neurons cast their input up).
 """
-import functools
-import math
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,135 +30,16 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from files import AutoSNNError, atomic_write
+from neurons import (NEURONS, CompiledLoops, Neuron, SpikeFn, _float32_at_least, atan_surrogate,  # noqa: F401
+                     neuron_factory, neuron_loop, neuron_step, no_grad_loop, one_step_per_call)
 from search_space import AVG_POOL, MAX_POOL, Arch, check_candidate, get_backbone, parse_arch
+from spikes import E_AC, E_MAC, SpikeStats, Trace, fanout, recording  # noqa: F401
 
-NEURONS = ("plif", "lif", "if", "ann")
 POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
 
 # Input shapes the network accepts, and the stem each one gets (sec. 2.1). (2, 32, 32) is ours:
 # a one-conv event stem for the built-in synthetic-dvs data.
 STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event128", (2, 32, 32): "event"}
-
-
-def _float32_at_least(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 (from autocast) -> float32; float32 and float64 unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-# ----------------------------------------------------------------------------------------------
-# Spiking neurons
-# ----------------------------------------------------------------------------------------------
-
-def atan_surrogate(x: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
-    """ATan surrogate derivative of the Heaviside step: alpha/2 / (1 + (pi/2 * alpha * x)^2)."""
-    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
-
-
-class SpikeFn(torch.autograd.Function):
-    """Heaviside step with H(0) = 1 forward, ATan surrogate gradient backward. x: any shape."""
-
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * atan_surrogate(x, ctx.alpha), None
-
-
-def neuron_step(x, v, k, v_th, alpha):
-    """One time step of the neuron: charge, fire, hard reset. x, v: [B, ...] -> (spikes s, membrane v').
-    k: the leak (0-dim tensor or float), or None for IF. The update is written once, here."""
-    v = v + x if k is None else v + (x - v) * k      # this order, not lerp: the original's rounding
-    s = SpikeFn.apply(v - v_th, alpha)
-    return s, v * (1 - s.detach())
-
-
-def neuron_loop(x, k, v_th, alpha):
-    """neuron_step for t = 0 .. T-1 from v = 0. x: [T, B, ...] input current -> spikes [T, B, ...]."""
-    v = torch.zeros_like(x[0])
-    spikes = []
-    for x_t in x:
-        s, v = neuron_step(x_t, v, k, v_th, alpha)
-        spikes.append(s)
-    return torch.stack(spikes)
-
-
-@functools.lru_cache(maxsize=None)
-def compiled_loop(v_th, alpha):
-    """neuron_loop under torch.compile, one compiled function per (v_th, alpha) shared by every layer:
-    after the first recompilation its shapes are dynamic, so a whole network compiles in a few graphs."""
-    def loop(x, k):
-        return neuron_loop(x, k, v_th, alpha)
-    return torch.compile(loop)
-
-
-class Neuron(nn.Module):
-    """A layer of spiking neurons (PLIF default), or ReLU for the ANN ablation. x: [T, B, ...] -> same.
-
-    PLIF has one learnable scalar w per layer: 1/tau = sigmoid(w), w0 = -ln(tau0 - 1) (tau0 = 2 -> w0 = 0).
-    """
-
-    def __init__(self, kind="plif", tau0=2.0, v_th=1.0, alpha=2.0):
-        super().__init__()
-        if kind not in NEURONS:
-            raise ValueError(f"unknown neuron {kind!r}; valid: {', '.join(NEURONS)}")
-        if kind in ("plif", "lif") and not tau0 > 1:
-            raise ValueError(f"tau0 must be > 1 (got {tau0}): the leak 1/tau must lie in (0, 1)")
-        self.kind, self.tau0, self.v_th, self.alpha = kind, float(tau0), float(v_th), float(alpha)
-        if kind == "plif":
-            self.w = nn.Parameter(torch.tensor(-math.log(tau0 - 1)))
-
-    def leak(self):
-        """k in v += (x - v) * k: sigmoid(w) for PLIF, 1/tau0 for LIF, None for IF."""
-        if self.kind == "plif":
-            return torch.sigmoid(self.w)
-        return 1.0 / self.tau0 if self.kind == "lif" else None
-
-    compiled = False     # set by compile_network: run the shared compiled loop
-
-    def step(self, x, v):
-        """One time step: charge, fire, hard reset. x, v: [B, ...] -> (spikes s, membrane after reset v')."""
-        return neuron_step(x, v, self.leak(), self.v_th, self.alpha)
-
-    def forward(self, x):
-        if self.kind == "ann":
-            return F.relu(x)
-        x = _float32_at_least(x)                        # the membrane integrates in float32 under autocast
-        if not torch.is_grad_enabled():
-            return self._no_grad_forward(x)
-        if self.compiled:
-            return compiled_loop(self.v_th, self.alpha)(x, self.leak())
-        # Keep only x (and k) for backward and run the loop again there: the loop's intermediates
-        # (x - v, v - V_th, 1 - s at every step) would otherwise triple the neuron's memory.
-        return torch.utils.checkpoint.checkpoint(neuron_loop, x, self.leak(), self.v_th, self.alpha,
-                                                 use_reentrant=False, preserve_rng_state=False)
-
-    def _no_grad_forward(self, x):
-        """The same arithmetic as `step`, in place, for evaluation (no graph to build)."""
-        k = self.leak()
-        spikes = torch.empty_like(x)
-        v = torch.zeros_like(x[0])
-        for t in range(x.shape[0]):
-            if k is None:
-                v += x[t]
-            else:
-                v += (x[t] - v) * k
-            torch.ge(v, self.v_th, out=spikes[t])       # v >= v_th exactly when v - v_th >= 0
-            v.masked_fill_(spikes[t].bool(), 0.0)
-        return spikes
-
-    def extra_repr(self):
-        return f"{self.kind}, tau0={self.tau0}, v_th={self.v_th}"
-
-
-def neuron_factory(kind="plif", tau0=2.0, v_th=1.0, alpha=2.0):
-    """A function that makes a fresh neuron layer with these options (validated now)."""
-    Neuron(kind, tau0, v_th, alpha)
-    return functools.partial(Neuron, kind, tau0, v_th, alpha)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,14 +74,10 @@ class TimeBatchNorm(nn.BatchNorm2d):
     call for all steps. Runs in float32 under autocast (its buffers stay float32).
     """
 
-    nchw = False      # set by compile_network: normalise NCHW-contiguous steps (see there)
-
     def forward(self, x):
         x = _float32_at_least(x)
         if not self.training:
             return fold(super().forward, x)
-        if self.nchw:
-            x = x.contiguous()
         return torch.stack([super(TimeBatchNorm, self).forward(x_t) for x_t in x])
 
 
@@ -302,6 +171,8 @@ def make_block(name: str, cin: int, cout: int, stride: int, neuron) -> nn.Module
 class MaxPool(nn.Module):
     """2x2 max-pool, stride 2, no neuron. (Its binary output is counted again, as the original does.)"""
 
+    spike_kind = "pool"       # spikes.Trace counts its output again
+
     def forward(self, x):
         return fold(lambda z: F.max_pool2d(z, 2), x)
 
@@ -332,216 +203,6 @@ class GlobalPoolNeuron(nn.Module):
 
 class Choice(nn.ModuleDict):
     """A searched position: every candidate in the super-network, only the chosen one in a child."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Spike bookkeeping: what is counted, in one place
-# ----------------------------------------------------------------------------------------------
-
-class Trace:
-    """What one forward counted. The network watches its layers with `recording(trace, module, name)`
-    (forward hooks, removed after the call), and `count` below is the whole rule (sec. 3.4):
-
-      - every spiking neuron layer: its output spikes (kind 'neuron');
-      - every max-pool: its (binary) output counted again (kind 'pool'), as the original does;
-      - with `energy`, every conv / linear layer: synaptic operations and dense MACs (see `synapse`).
-
-    Identity skips count nothing; the ANN ablation (counting=False) counts nothing. Counts are
-    detached float64 tensors on the device: no host sync, no autograd. Modules hold no state.
-    """
-
-    def __init__(self, counting: bool = True, energy: bool = False):
-        self.counting = counting
-        self.energy = energy and counting
-        self.counts = {}      # layer name -> spikes over batch and T (float64)
-        self.kinds = {}       # 'neuron' or 'pool'
-        self.sizes = {}       # units per image per step
-        self.sops = {}        # weight layer -> synaptic operations over batch and T (float64)
-        self.macs = {}        # weight layer -> dense MACs per image per step
-        self.analog = {}      # True: analog input, MACs once per image (static stem)
-
-    def copy(self):
-        """An independent continuation (used to branch a shared prefix of several paths)."""
-        t = Trace(counting=self.counting, energy=self.energy)
-        for k in ("counts", "kinds", "sizes", "sops", "macs", "analog"):
-            setattr(t, k, dict(getattr(self, k)))
-        return t
-
-    @torch.no_grad()
-    def count(self, name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The counting rule: called after `module` (named `name`) mapped x to y."""
-        if not self.counting:
-            return
-        if isinstance(module, Neuron):
-            self.record(name, y, "neuron")
-        elif isinstance(module, MaxPool):
-            self.record(name, y, "pool")
-        elif isinstance(module, (nn.Conv2d, nn.Linear)) and self.energy:
-            self.synapse(name, module, x, y)
-
-    def record(self, name: str, spikes: torch.Tensor, kind: str) -> None:
-        """spikes: [T, B, ...] binary. Exact for any batch: float32 sums per image and step stay
-        below 2^24, and their total is taken in float64."""
-        count = spikes.detach().flatten(2).sum(2).sum(dtype=torch.float64)
-        self.counts[name] = self.counts[name] + count if name in self.counts else count
-        self.kinds[name], self.sizes[name] = kind, spikes[0, 0].numel()
-
-    def synapse(self, name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        """A weight layer's work. x: its input [T, B, C, H, W] / [T, B, F] (spikes or event counts), y: output.
-
-        Synaptic operations = sum over input positions of (input value) x (outputs it reaches): for a
-        conv, out_channels x the true fan-out of that pixel (fewer at padded edges or with stride).
-        Dense MACs (what an ANN or the analog first layer pays) = outputs x inputs per output.
-        Sums run in float32 over at most 2^24 rows of binary spikes (exact), then float64 on [H, W]:
-        no activation-sized float64 copy. (Event counts at the DVS stem: exact while a pixel's
-        count over the batch stays below 2^24.)"""
-        x = x.detach()
-        analog = getattr(module, "analog", False)
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            macs = y.shape[-3] * y.shape[-2] * y.shape[-1] * k
-            rows = x.flatten(0, -3)                                     # [T*B*C, H, W]
-            spatial = sum(part.sum(0, dtype=torch.float32).double() for part in rows.split(2**24))
-            fan = fanout(module, tuple(x.shape[-2:]), x.device)
-            sops = (spatial * fan).sum() * (module.out_channels // module.groups)
-        else:                                                            # Linear on [T, B, F]
-            macs = module.in_features * module.out_features
-            sops = x.sum(-1, dtype=torch.float32).sum(dtype=torch.float64) * module.out_features
-        if analog:
-            sops = torch.zeros((), dtype=torch.float64, device=x.device)
-        self.sops[name] = self.sops[name] + sops if name in self.sops else sops
-        self.macs[name], self.analog[name] = macs, analog
-
-
-@contextmanager
-def recording(trace, module: nn.Module, name: str):
-    """While the block runs: count what `module`'s layers emit into `trace` (a no-op for None).
-    name: the module's name in the network, the prefix of its layers' names ('layers.0.SRB_k5')."""
-    if trace is None:
-        yield
-        return
-    handles = [m.register_forward_hook(functools.partial(_hook, trace, n))
-               for n, m in module.named_modules(prefix=name)
-               if isinstance(m, (Neuron, MaxPool, nn.Conv2d, nn.Linear))]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _hook(trace, name, module, inputs, output):
-    trace.count(name, module, inputs[0], output)
-
-
-_FANOUT = {}
-
-
-def fanout(conv: nn.Conv2d, size: tuple, device) -> torch.Tensor:
-    """[H, W] float64: how many output pixels of `conv` each input pixel reaches (padding and stride
-    included), computed as a transposed convolution of ones. Cached per geometry, as ordinary
-    tensors even when first asked for under inference_mode (a later training forward uses them)."""
-    key = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, size, str(device))
-    if key not in _FANOUT:
-        with torch.inference_mode(False), torch.no_grad():
-            H, W = size
-            out = F.conv2d(torch.zeros(1, 1, H, W), torch.zeros(1, 1, *conv.kernel_size), None,
-                           conv.stride, conv.padding, conv.dilation).shape[-2:]
-            ones = torch.ones(1, 1, *out, dtype=torch.float64)
-            fan = F.conv_transpose2d(ones, torch.ones(1, 1, *conv.kernel_size, dtype=torch.float64), None,
-                                     conv.stride, conv.padding, dilation=conv.dilation)
-            fan = F.pad(fan, (0, W - fan.shape[-1], 0, H - fan.shape[-2]))      # rows/cols no output uses
-            _FANOUT[key] = fan[0, 0].to(device)
-    return _FANOUT[key]
-
-
-# 45 nm energy per operation, the figures commonly cited from Horowitz (ISSCC 2014), in pJ
-E_AC, E_MAC = 0.9, 4.6
-
-
-@dataclass
-class SpikeStats:
-    """Spike counts (and synaptic operations) of one forward, or several added with +.
-    Tensors stay on the device until summary() / energy(); they carry no autograd history.
-
-    counts: [L] float64 total spikes per layer over the batch and all T steps, in layer order.
-    sops: [W] float64 synaptic operations per weight layer over the batch and all T steps.
-    """
-    names: list
-    kinds: list
-    sizes: list
-    counts: torch.Tensor
-    batch: int
-    T: int
-    syn_names: list
-    macs: list
-    analog: list
-    sops: torch.Tensor
-
-    @classmethod
-    def from_trace(cls, trace: Trace, batch: int, T: int, device) -> "SpikeStats":
-        def stack(d, names):
-            return (torch.stack([d[n] for n in names]) if names
-                    else torch.zeros(0, dtype=torch.float64, device=device))
-        names, syn = list(trace.counts), list(trace.sops)
-        return cls(names, [trace.kinds[n] for n in names], [trace.sizes[n] for n in names],
-                   stack(trace.counts, names), batch, T, syn, [trace.macs[n] for n in syn],
-                   [trace.analog[n] for n in syn], stack(trace.sops, syn))
-    def __add__(self, other: "SpikeStats") -> "SpikeStats":
-        if self.names != other.names or self.syn_names != other.syn_names:
-            raise ValueError("cannot add spike statistics of different paths")
-        return SpikeStats(self.names, self.kinds, self.sizes, self.counts + other.counts,
-                          self.batch + other.batch, self.T, self.syn_names, self.macs, self.analog,
-                          self.sops + other.sops)
-
-    @property
-    def spikes(self) -> torch.Tensor:
-        """Spikes per image summed over T, the paper's count: every neuron, plus max-pool outputs again."""
-        return self.counts.sum() / self.batch
-
-    @property
-    def neuron_spikes(self) -> torch.Tensor:
-        """Spikes per image summed over T, neuron outputs only (no max-pool re-count)."""
-        mask = torch.tensor([k == "neuron" for k in self.kinds], device=self.counts.device)
-        return self.counts[mask].sum() / self.batch
-
-    def per_layer(self) -> dict:
-        """Layer name -> spikes per image summed over T (0-dim tensors)."""
-        return dict(zip(self.names, self.counts / self.batch))
-
-    def firing_rates(self) -> dict:
-        """Layer name -> mean spikes per unit per time step, in [0, 1]."""
-        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.counts.device)
-        return dict(zip(self.names, self.counts / (self.batch * self.T * sizes)))
-
-    def silent_layers(self) -> list:
-        """Names of the layers that emitted no spike at all (one host sync). A silent layer silences
-        everything after it: e.g. PLIF after an average pool of spikes at v_th = 1 (see README)."""
-        return [n for n, c in zip(self.names, self.counts.tolist()) if c == 0]
-
-    def summary(self) -> dict:
-        """Plain Python numbers for logs and JSON (one host sync)."""
-        c = self.counts.cpu().tolist()
-        return {"spikes": sum(c) / self.batch,
-                "neuron_spikes": sum(x for x, k in zip(c, self.kinds) if k == "neuron") / self.batch,
-                "per_layer": {n: x / self.batch for n, x in zip(self.names, c)},
-                "firing_rate": {n: x / (self.batch * self.T * s) for n, x, s in zip(self.names, c, self.sizes)}}
-
-    def energy(self, e_ac: float = E_AC, e_mac: float = E_MAC) -> dict:
-        """An ESTIMATE of inference energy per image (not a measurement): synaptic accumulates at
-        e_ac pJ each plus the analog first layer's MACs at e_mac pJ, beside the same network run as
-        an ANN (every weight layer's dense MACs once, at e_mac). Needs a forward with energy=True."""
-        if not self.syn_names:
-            raise ValueError("no synaptic operations recorded: run the forward with energy=True")
-        sops = [s / self.batch for s in self.sops.cpu().tolist()]
-        first = sum(m for m, a in zip(self.macs, self.analog) if a)
-        total = sum(sops)
-        per_layer = {n: {"sops": s, "ann_macs": m} for n, s, m in zip(self.syn_names, sops, self.macs)}
-        return {"estimate": f"{e_ac} pJ per accumulate, {e_mac} pJ per multiply-accumulate (45 nm)",
-                "sops": total, "first_layer_macs": first, "energy_uj": (e_ac * total + e_mac * first) * 1e-6,
-                "ann_macs": sum(self.macs), "ann_energy_uj": e_mac * sum(self.macs) * 1e-6,
-                "per_layer": per_layer}
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,34 +266,6 @@ def _recomputing(module: nn.Module):
             for m, saved in zip(bns, before):
                 for b, s in zip(m.buffers(), saved):
                     b.copy_(s)
-
-
-@contextmanager
-def one_step_per_call(net: nn.Module):
-    """The original code's form, kept as a reference: while active, every neuron layer of `net`
-    keeps its membrane between calls and treats each call as one time step (x: [1, B, ...])."""
-    neurons = [m for m in net.modules() if isinstance(m, Neuron) and m.kind != "ann"]
-    before = [m.__dict__.get("forward") for m in neurons]      # a compiled forward, if any
-
-    def stepper(neuron):
-        membrane = []
-
-        def forward(x):
-            v = membrane.pop() if membrane else torch.zeros_like(x[0])
-            s, v = neuron.step(_float32_at_least(x[0]), v)
-            membrane.append(v)
-            return s.unsqueeze(0)
-        return forward
-
-    for m in neurons:
-        m.forward = stepper(m)
-    try:
-        yield
-    finally:
-        for m, f in zip(neurons, before):
-            del m.forward
-            if f is not None:
-                m.forward = f
 
 
 class SpikingNetwork(nn.Module):
@@ -737,8 +370,7 @@ class SpikingNetwork(nn.Module):
             y = self.fc(x.flatten(2))                                     # [T, B, K * population]
             if self.fc_neuron is None:
                 return y
-            s = self.fc_neuron(y)
-            return s.unflatten(2, (self.num_classes, POPULATION)).mean(3)     # the "boost" average
+            return population_rates(self.fc_neuron(y), self.num_classes)
 
     def body(self, current: torch.Tensor, arch: Arch, trace=None) -> torch.Tensor:
         """Everything after the analog stem input. current: [T, B, C, H, W] -> class rates [T, B, K]."""
@@ -800,6 +432,12 @@ class SpikingNetwork(nn.Module):
         return load_model(path, supernet, map_location)
 
 
+def population_rates(s: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The classifier's output: spikes s [T, B, K * POPULATION] -> class rates [T, B, K], the mean
+    over each class's group of POPULATION neurons (the "boost" average, sec. 3.3)."""
+    return s.unflatten(2, (num_classes, POPULATION)).mean(3)
+
+
 def rate_loss(out: torch.Tensor, labels: torch.Tensor, T: int) -> torch.Tensor:
     """MSE between the output rate out/T ([B, K]) and the one-hot labels ([B]) (sec. 3.3)."""
     return F.mse_loss(out / T, F.one_hot(labels, out.shape[1]).to(out.dtype))
@@ -822,29 +460,31 @@ def count_parameters(module: nn.Module) -> int:
 MODEL_FORMAT, MODEL_VERSION = "autosnn-model", 1
 
 
-def build_from_spec(spec: dict) -> nn.Module:
-    """A fresh network from net.spec(): {"kind": "autosnn", ...} or {"kind": "baseline", ...}."""
+def build_from_spec(spec: dict) -> "SpikingNetwork":
+    """A fresh AutoSNN network from net.spec() ({"kind": "autosnn", ...})."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind == "autosnn":
-        backbone = get_backbone(spec.pop("backbone"), tuple(spec.pop("candidates")))
-        return SpikingNetwork(backbone, **spec)
     if kind == "baseline":
-        from baselines import HandcraftedSNN          # baselines.py builds on this module
-        return HandcraftedSNN(**spec)
-    raise AutoSNNError(f"unknown network kind {kind!r} in a saved spec (expected 'autosnn' or 'baseline')")
+        raise AutoSNNError(f"{spec.get('name', 'this network')} is a hand-crafted baseline: "
+                           "load it with baselines.load_model")
+    if kind != "autosnn":
+        raise AutoSNNError(f"unknown network kind {kind!r} in a saved spec (expected 'autosnn')")
+    backbone = get_backbone(spec.pop("backbone"), tuple(spec.pop("candidates")))
+    return SpikingNetwork(backbone, **spec)
 
 
 def save_model(net: nn.Module, path) -> None:
     """Write `net` as a weights-only file: {"format", "version", "spec", "state_dict"}, loadable
-    with torch.load(path, weights_only=True) and by SpikingNetwork.load(path)."""
+    with torch.load(path, weights_only=True) and by SpikingNetwork.load(path) (baselines.load_model
+    for a hand-crafted baseline)."""
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "spec": net.spec(), "state_dict": state}
     atomic_write(path, lambda f: torch.save(doc, f))
 
 
-def load_model(path, supernet: bool = False, map_location="cpu") -> nn.Module:
-    """See SpikingNetwork.load."""
+def read_model_file(path, supernet: bool = False, map_location="cpu") -> tuple:
+    """(file path, {"spec", "state_dict", ...}) of a model file written by save_model, checked.
+    path: the file, or a run folder (model.pt, or supernet_model.pt with supernet=True)."""
     path = Path(path)
     if path.is_dir():
         path = path / ("supernet_model.pt" if supernet else "model.pt")
@@ -857,40 +497,70 @@ def load_model(path, supernet: bool = False, map_location="cpu") -> nn.Module:
         raise AutoSNNError(f"{path}: not a readable model file ({type(e).__name__})") from None
     if not (isinstance(doc, dict) and doc.get("format") == MODEL_FORMAT):
         raise AutoSNNError(f"{path}: not an AutoSNN model file (write one with autosnn.save_model)")
-    if doc.get("version") != MODEL_VERSION:
-        raise AutoSNNError(f"{path}: model file version {doc.get('version')!r}, this code reads {MODEL_VERSION}")
-    net = build_from_spec(doc["spec"])
-    net.load_state_dict(doc["state_dict"])
-    return net.to(map_location).eval()
+    if doc.get("version") != MODEL_VERSION or not isinstance(doc.get("spec"), dict):
+        raise AutoSNNError(f"{path}: made by an older version of this code; rerun")
+    return path, doc
+
+
+def load_weights(net: nn.Module, state: dict, path) -> nn.Module:
+    """net.load_state_dict(state), with one line naming `path` when the weights do not fit the spec."""
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()
+        raise AutoSNNError(f"{path}: the weights do not fit the network the file describes "
+                           f"({first[-1].strip()[:160] if first else type(e).__name__})") from None
+    return net
+
+
+def load_model(path, supernet: bool = False, map_location="cpu") -> "SpikingNetwork":
+    """See SpikingNetwork.load."""
+    path, doc = read_model_file(path, supernet, map_location)
+    try:
+        net = build_from_spec(doc["spec"])
+    except TypeError as e:                           # a spec with unknown or missing fields
+        raise AutoSNNError(f"{path}: the network spec does not fit this code ({e}); rerun") from None
+    except AutoSNNError as e:
+        raise AutoSNNError(f"{path}: {e}") from None
+    return load_weights(net, doc["state_dict"], path).to(map_location).eval()
 
 
 def compile_network(net: nn.Module, log=print) -> nn.Module:
-    """Run every neuron layer of `net` through the compiled loop (`compiled_loop`) in training, in
-    place (state_dict keys unchanged). Evaluation keeps the in-place no-grad loop: it is already one
-    pass per step, and inductor's C++ build of the no-grad graph took over ten minutes here.
+    """Give every neuron layer of `net` compiled loops over T (neurons.CompiledLoops), in place
+    (state_dict keys unchanged): training, evaluation, the search and the test pass run compiled.
 
     The neurons' loops over T are where eager mode pays most (many small element-wise ops); convs
     and BN already run as library kernels. Compiling the neuron loop rather than the whole forward
-    keeps the super-network usable (its path changes every batch) and the counting hooks outside
-    the compiled code; all layers share one compiled function, so the first batches compile a few
-    graphs, not one per layer (the caller sees it in its first-step time). The compiled backward
-    keeps what the compiler's partitioner chooses, with no activation checkpoint around it.
-    Without a working compiler, logs one line and leaves the network eager."""
+    keeps the super-network usable (its path changes every batch) and the spike counting outside
+    the compiled code; layers with the same (v_th, alpha) share one CompiledLoops, whose graphs
+    turn dynamic in every size but T after the first recompilation, so a network compiles a few
+    graphs, not one per layer. The compiled backward keeps what the compiler's partitioner chooses,
+    with no activation checkpoint around it.
+
+    The no-grad loop is compiled once here on the network's device (its parameters' device), as a
+    probe: without a working compiler there (no C++ compiler, a broken Triton) this logs one line
+    and leaves the network eager. Later graphs compile on first use of a shape; CompiledLoops
+    adds the seconds they took to its `compile_s`."""
     neurons = [m for m in net.modules() if isinstance(m, Neuron) and m.kind != "ann"]
+    if not neurons:
+        return net
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    loops = {}
+    for m in neurons:
+        loops.setdefault((m.v_th, m.alpha), CompiledLoops(m.v_th, m.alpha))
     try:
         t = time.perf_counter()
-        torch.compile(lambda a: a * 2 + 1)(torch.zeros(2))      # the compiler toolchain works here
-        probe = time.perf_counter() - t
+        probe = neurons[0]
+        with torch.no_grad():
+            loops[(probe.v_th, probe.alpha)](torch.zeros(getattr(net, "T", 2), 2, 3, device=device), probe.leak())
+        seconds = time.perf_counter() - t
     except Exception as e:                                      # no C++ compiler, no triton, ...
-        log(f"torch.compile unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]}): running eager")
+        log(f"torch.compile unavailable on {device} ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
+            "running eager")
         return net
     for m in neurons:
-        m.compiled = True
-    # The compiled loop's backward returns NCHW-contiguous gradients; BN's backward on CPU was ~5x
-    # slower (most of a training step) when those met its channels_last input, so BN gets NCHW too.
-    for m in net.modules():
-        if isinstance(m, TimeBatchNorm):
-            m.nchw = True
-    log(f"compiled {len(neurons)} neuron layers with torch.compile (probe {probe:.1f} s; "
-        "the first batches of each shape compile, later ones run compiled)")
+        m.loops = loops[(m.v_th, m.alpha)]
+    log(f"compiled the loops of {len(neurons)} neuron layers with torch.compile on {device} (probe graph "
+        f"{seconds:.1f} s; each new input shape compiles on first use, training and evaluation alike)")
     return net

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from autosnn import (POPULATION, SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool, SpikeStats, Stem, Trace,
-                     check_input, neuron_factory, recording)
+                     check_input, load_weights, neuron_factory, population_rates, read_model_file, recording)
 from files import AutoSNNError
 
 BASELINES = {
@@ -105,7 +105,7 @@ class HandcraftedSNN(nn.Module):
         self.fc_neurons = nn.ModuleList(make_neuron() for _ in self.fcs)
 
     def spec(self) -> dict:
-        """Everything needed to rebuild this network (autosnn.build_from_spec)."""
+        """Everything needed to rebuild this network (load_model)."""
         return {"kind": "baseline", **self.options}
 
     def forward(self, x: torch.Tensor, arch=None, energy: bool = False):
@@ -121,5 +121,19 @@ class HandcraftedSNN(nn.Module):
             h = h.flatten(2)
             for fc, n in zip(self.fcs, self.fc_neurons):
                 h = n(fc(h))
-        out = h.unflatten(2, (self.num_classes, POPULATION)).mean(3).sum(0)
+        out = population_rates(h, self.num_classes).sum(0)
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
+
+
+def load_model(path, map_location="cpu") -> HandcraftedSNN:
+    """A baseline saved with autosnn.save_model, in eval mode. path: the file or a run folder (model.pt).
+        net = baselines.load_model("runs/X"); out, stats = net(images)"""
+    path, doc = read_model_file(path, map_location=map_location)
+    spec = dict(doc["spec"])
+    if spec.pop("kind", None) != "baseline":
+        raise AutoSNNError(f"{path}: an AutoSNN network, not a baseline: load it with SpikingNetwork.load")
+    try:
+        net = HandcraftedSNN(**spec)
+    except TypeError as e:                       # a spec with unknown or missing fields
+        raise AutoSNNError(f"{path}: the network spec does not fit this code ({e}); rerun") from None
+    return load_weights(net, doc["state_dict"], path).to(map_location).eval()

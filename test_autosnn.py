@@ -327,13 +327,17 @@ def test_every_candidate_everywhere_runs(backbone):
 
 def test_output_is_population_rate_summed_over_T():
     seeded(4)
-    net = SpikingNetwork("SNN_1_4", num_classes=4, arch=AUTOSNN, T=3)
+    net = SpikingNetwork("SNN_1_4", num_classes=4, arch=AUTOSNN, T=3, v_th=0.3)
+    with torch.no_grad():
+        net.fc.weight.mul_(8)                                   # drive the classifier neurons
     captured = {}
     net.fc_neuron.register_forward_hook(lambda m, i, o: captured.setdefault("s", o))
     out, _ = net(torch.randn(2, 3, 32, 32))
     s = captured["s"]                                          # [T, B, 4*10]
     assert s.shape == (3, 2, 40)
-    assert torch.allclose(out, s.view(3, 2, 4, 10).mean(3).sum(0))
+    assert 0 < s.sum() < s.numel()                             # some classifier neurons spike, not all
+    assert torch.equal(out, s.view(3, 2, 4, 10).mean(3).sum(0))
+    assert (out != out.round()).any()                          # a population mean, not one neuron
     assert torch.allclose(out * 10, (out * 10).round())       # multiples of 0.1 in [0, T]
 
 
@@ -433,6 +437,10 @@ def test_spike_stats_equal_manual_recount():
         assert rates[n].item() == pytest.approx(o.mean().item())
     summary = stats.summary()
     assert summary["spikes"] == pytest.approx(stats.spikes.item())
+    assert summary["neuron_spikes"] == pytest.approx(neuron_total / B)
+    for n, o in seen:                               # o: [T, B, ...]; the rate per unit per step
+        assert summary["firing_rate"][n] == pytest.approx(o.mean().item())
+        assert summary["per_layer"][n] == pytest.approx(o.sum().item() / B)
     assert (stats + stats).spikes.item() == pytest.approx(stats.spikes.item())
     assert stats.counts.device == out.device and stats.counts.dtype == torch.float64
 
@@ -540,6 +548,20 @@ def test_energy_without_spikes_is_first_layer_only():
     assert stats.energy(e_ac=1.0, e_mac=2.0)["energy_uj"] == pytest.approx(2.0 * e["first_layer_macs"] * 1e-6)
 
 
+def test_energy_is_per_image():
+    """The same image twice in one batch costs what it costs once (eval mode: no batch statistics)."""
+    seeded(21)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5).eval()
+    x = torch.randn(1, 3, 32, 32) * 2
+    one = net(x, energy=True)[1].energy()
+    two = net(x.expand(2, -1, -1, -1), energy=True)[1].energy()
+    assert one["sops"] > 0
+    for key in ("sops", "energy_uj", "first_layer_macs", "ann_macs"):
+        assert two[key] == pytest.approx(one[key])
+    for name, layer in one["per_layer"].items():
+        assert two["per_layer"][name]["sops"] == pytest.approx(layer["sops"])
+
+
 def test_energy_counts_agree_between_forms():
     seeded(12)
     net = SpikingNetwork("SNN_3_4", num_classes=3, T=2, v_th=0.5)
@@ -626,8 +648,6 @@ def test_fanout_cache_from_inference_mode_serves_training():
     seeded(17)
     net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
     x = torch.randn(2, 3, 32, 32)
-    import autosnn
-    autosnn._FANOUT.clear()
     with torch.inference_mode():
         net(x, energy=True)
     out, stats = net(x, energy=True)                 # the cached fan-outs in a graph-building forward
@@ -652,18 +672,27 @@ def test_bf16_autocast_keeps_membranes_bn_and_counts_in_float32():
     assert net.stem.n1.w.grad is not None
 
 
-def test_compiled_network_spikes_equal_eager():
-    """torch.compile of the neuron layers (CPU inductor): the same spikes as eager, bit for bit."""
+def compiled(module):
+    """`module` after autosnn.compile_network (skips the test without a working compiler)."""
     import autosnn
-    seeded(19)
-    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
-    eager = copy.deepcopy(net)
     lines = []
-    autosnn.compile_network(net, log=lines.append)
+    autosnn.compile_network(module, log=lines.append)
     assert len(lines) == 1
     if "unavailable" in lines[0]:
         pytest.skip(lines[0])
+    return module
+
+
+def test_compiled_network_spikes_equal_eager():
+    """torch.compile of the neuron loops (CPU inductor): the same spikes as eager, bit for bit, in
+    training (with autograd), in evaluation, and under inference_mode."""
+    seeded(19)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    eager = copy.deepcopy(net)
+    compiled(net)
     assert list(net.state_dict()) == list(eager.state_dict())
+    assert all(m.loops is not None for m in net.modules() if isinstance(m, Neuron))
+    assert all(m.loops is None for m in eager.modules() if isinstance(m, Neuron))
     x = torch.randn(2, 3, 32, 32) * 2
     oa, sa = net(x)
     ob, sb = eager(x)
@@ -671,6 +700,53 @@ def test_compiled_network_spikes_equal_eager():
     rate_loss(oa, torch.tensor([0, 1]), 2).backward()
     rate_loss(ob, torch.tensor([0, 1]), 2).backward()
     assert torch.allclose(net.stem.n1.w.grad, eager.stem.n1.w.grad, rtol=1e-4, atol=1e-6)
+    net.eval(), eager.eval()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            (oa, sa), (ob, sb) = net(x), eager(x)
+        assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts) and sa.spikes > 0
+
+
+def test_compiled_no_grad_loop_is_eager_bit_for_bit_and_never_falls_back():
+    """One compiled neuron, many input shapes (T = 2..6, C = 4..8, ranks 3 and 5): every output
+    equals the eager loop and neuron_step's, and no call runs eager because dynamo's recompile
+    limit was hit (fail_on_recompile_limit_hit turns that silent fallback into an error)."""
+    seeded(22)
+    n = Neuron("plif")
+    with torch.no_grad():
+        n.w.fill_(0.8137)                                   # k off 0.5
+    eager = copy.deepcopy(n)
+    compiled(n)
+    shapes = [(T, 3, C, 5, 5) for T in (2, 3, 4) for C in (4, 8)] + [(T, 3, 4 * C) for T in (2, 3, 4, 5, 6)
+                                                                       for C in (1, 2)]
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for shape in shapes:
+            x = torch.rand(shape) * 2.2                     # crowding the threshold
+            with torch.no_grad():
+                a, b = n(x), eager(x)
+            assert torch.equal(a, b) and torch.equal(a, step_by_step(n, x)), shape
+            assert 0 < a.sum() < a.numel()
+
+
+def test_compiled_training_loop_uses_alpha():
+    """The surrogate gradient through the compiled loop with alpha = 3 equals eager's (a loop that
+    kept the default alpha = 2 gives other gradients)."""
+    seeded(23)
+    n = Neuron("plif", alpha=3.0)
+    with torch.no_grad():
+        n.w.fill_(0.3)
+    eager = copy.deepcopy(n)
+    compiled(n)
+    x = torch.rand(3, 4, 6, 5, 5) * 2
+    g = torch.randn(3, 4, 6, 5, 5)
+    grads = []
+    for m in (n, eager):
+        xr = x.clone().requires_grad_()
+        s = m(xr)
+        grads.append(torch.autograd.grad((s * g).sum(), [xr, m.w]))
+    (gx, gw), (ex, ew) = grads
+    assert gx.abs().sum() > 0
+    assert torch.allclose(gx, ex, rtol=1e-5, atol=1e-6) and torch.allclose(gw, ew, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [
@@ -693,8 +769,14 @@ def test_saved_network_round_trip(tmp_path, make):
     autosnn.save_model(net, run / name)
     doc = torch.load(run / name, weights_only=True)
     assert doc["format"] == "autosnn-model" and doc["version"] == 1 and doc["spec"] == net.spec()
+    is_baseline = not isinstance(net, SpikingNetwork)
+    if is_baseline:
+        from files import AutoSNNError
+        with pytest.raises(AutoSNNError, match="hand-crafted baseline: load it with baselines.load_model"):
+            SpikingNetwork.load(run)
     for path in (run / name, run):
-        back = SpikingNetwork.load(path, supernet=arch is not None)
+        back = (__import__("baselines").load_model(path) if is_baseline
+                else SpikingNetwork.load(path, supernet=arch is not None))
         assert not back.training and type(back) is type(net)
         with torch.no_grad():
             (o1, s1), (o2, s2) = net(x, arch), back(x, arch)
@@ -711,3 +793,41 @@ def test_load_errors(tmp_path):
     torch.save({"a": 1}, tmp_path / "model.pt")
     with pytest.raises(AutoSNNError, match="not an AutoSNN model file"):
         SpikingNetwork.load(tmp_path / "model.pt")
+    doc = {"format": "autosnn-model", "version": 0, "spec": {}, "state_dict": {}}
+    torch.save(doc, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match="made by an older version of this code; rerun"):
+        SpikingNetwork.load(tmp_path)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2)
+    autosnn_save(net, tmp_path / "model.pt")
+    doc = torch.load(tmp_path / "model.pt", weights_only=True)
+    doc["spec"]["num_classes"] = 4                          # the spec no longer fits the weights
+    torch.save(doc, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match=r"model.pt: the weights do not fit the network the file describes"):
+        SpikingNetwork.load(tmp_path)
+    doc["spec"]["colour"] = "red"                           # a field this code does not know
+    torch.save(doc, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match="spec does not fit this code"):
+        SpikingNetwork.load(tmp_path)
+
+
+def autosnn_save(net, path):
+    import autosnn
+    autosnn.save_model(net, path)
+
+
+def test_core_files_copy_out_as_a_closed_set():
+    """autosnn.py, neurons.py, spikes.py, search_space.py and files.py import only each other, the
+    standard library, numpy and torch (anywhere in the file, lazy imports included): copied into
+    another project, loading a saved network cannot fail with a ModuleNotFoundError."""
+    import ast
+    import sys
+    from pathlib import Path
+    core = {"autosnn", "neurons", "spikes", "search_space", "files"}
+    allowed = core | set(sys.stdlib_module_names) | {"numpy", "torch"}
+    for name in core:
+        tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text())
+        used = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        used |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        used |= {n.args[0].value.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and getattr(n.func, "id", None) == "__import__" and isinstance(n.args[0], ast.Constant)}
+        assert used <= allowed, (name, used - allowed)

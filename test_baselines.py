@@ -117,3 +117,21 @@ def test_plots_are_optional(tmp_path, monkeypatch):
     for f in ("pareto.png", "curves.png"):
         assert (d / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert evolve.main(["plot", str(tmp_path)]) == 2
+
+
+def test_load_model_reads_baselines_only(tmp_path):
+    import autosnn
+    import baselines
+    from files import AutoSNNError
+    from search_space import AUTOSNN
+    net = autosnn.SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2)
+    autosnn.save_model(net, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match="an AutoSNN network, not a baseline: load it with SpikingNetwork.load"):
+        baselines.load_model(tmp_path)
+    base = baselines.HandcraftedSNN("cifarnet-fang", 3, T=2, width=4)
+    autosnn.save_model(base, tmp_path / "model.pt")
+    doc = torch.load(tmp_path / "model.pt", weights_only=True)
+    doc["spec"]["width"] = 8                                 # the spec no longer fits the weights
+    torch.save(doc, tmp_path / "model.pt")
+    with pytest.raises(AutoSNNError, match="the weights do not fit the network the file describes"):
+        baselines.load_model(tmp_path / "model.pt")
