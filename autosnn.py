@@ -13,8 +13,8 @@ layer runs its own loop over T and keeps no state between calls.
     >>> net.load_state_dict(supernet.path_state_dict(AUTOSNN))                     # one path's weights
     >>> save_model(net, "model.pt"); net = SpikingNetwork.load("model.pt")          # eval mode
 
-Neurons (sec. 3.1: PLIF, LIF, IF, the surrogate, their loops over T) live in neurons.py, spike
-counting and statistics (sec. 3.4: Trace, SpikeStats, the energy estimate) in spikes.py; their names
+Neurons (sec. 3.1: PLIF, LIF, IF, the surrogate, their loops over T) live in neurons.py, the layers
+and candidate blocks (sec. 3.2: SCB, SRB, skip) in blocks.py, spike counting and statistics (sec. 3.4: Trace, SpikeStats, the energy estimate) in spikes.py; their names
 are importable from here too. The blocks are plain modules (`forward(x)`); spikes and synaptic
 operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
@@ -29,10 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from blocks import (SCB, SRB, AvgPoolNeuron, Choice, Conv, ConvBN, FactorizedReduce,  # noqa: F401
+                    GlobalPoolNeuron, MaxPool, Skip, TimeBatchNorm, fold, make_block)
 from files import AutoSNNError, atomic_write
 from neurons import (NEURONS, CompiledLoops, Neuron, SpikeFn, _float32_at_least, atan_surrogate,  # noqa: F401
                      neuron_factory, neuron_loop, neuron_step, no_grad_loop, one_step_per_call)
-from search_space import AVG_POOL, MAX_POOL, Arch, check_candidate, get_backbone, parse_arch
+from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch
 from spikes import E_AC, E_MAC, SpikeStats, Trace, fanout, recording  # noqa: F401
 
 POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
@@ -40,169 +42,6 @@ POPULATION = 10   # output neurons per class; their mean rate is the class score
 # Input shapes the network accepts, and the stem each one gets (sec. 2.1). (2, 32, 32) is ours:
 # a one-conv event stem for the built-in synthetic-dvs data.
 STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event128", (2, 32, 32): "event"}
-
-
-# ----------------------------------------------------------------------------------------------
-# Layers and candidate blocks: plain modules, forward(x) with x: [T, B, C, H, W]
-# ----------------------------------------------------------------------------------------------
-
-def fold(layer, x):
-    """Apply a per-image layer to [T, B, ...] by merging T into the batch: [T*B, ...] -> [T, B, ...]."""
-    return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-
-
-class Conv(nn.Conv2d):
-    """nn.Conv2d (no bias, 'same' padding) on [T, B, C, H, W], time folded into the batch.
-
-    Plain NCHW, as the original: channels_last makes oneDNN pick other kernels whose rounding flips
-    spikes of membranes that sit at the threshold (training stopped matching the original)."""
-
-    def __init__(self, cin, cout, k, stride=1, analog=False):
-        super().__init__(cin, cout, k, stride, k // 2, bias=False)
-        self.analog = analog      # its input is an image, not spikes (energy: MACs, not accumulates)
-
-    def forward(self, x):
-        return fold(super().forward, x)
-
-
-class TimeBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d over x: [T, B, C, H, W] with separate batch statistics at every time step.
-
-    Literally one BatchNorm2d call on each x[t] in turn, as the original (which runs the net one step
-    at a time) does: in training each step is normalised with its own B-sample statistics and the
-    running statistics are updated T times in sequence. Eval uses the running statistics, in one
-    call for all steps. Runs in float32 under autocast (its buffers stay float32).
-    """
-
-    def forward(self, x):
-        x = _float32_at_least(x)
-        if not self.training:
-            return fold(super().forward, x)
-        return torch.stack([super(TimeBatchNorm, self).forward(x_t) for x_t in x])
-
-
-class ConvBN(nn.Module):
-    """Conv k x k then per-step BN. x: [T, B, Cin, H, W] -> [T, B, Cout, H/s, W/s]."""
-
-    def __init__(self, cin, cout, k, stride=1):
-        super().__init__()
-        self.conv = Conv(cin, cout, k, stride)
-        self.bn = TimeBatchNorm(cout)
-
-    def forward(self, x):
-        x = self.conv(x)
-        return self.bn(x)
-
-
-class SCB(nn.Module):
-    """Spiking convolution block: conv-BN-neuron-conv-BN-neuron (sec. 2.2). neuron: () -> Neuron."""
-
-    def __init__(self, cin, cout, k, stride, neuron):
-        super().__init__()
-        self.cb1, self.n1 = ConvBN(cin, cout, k, stride), neuron()
-        self.cb2, self.n2 = ConvBN(cout, cout, k), neuron()
-
-    def forward(self, x):
-        x = self.cb1(x)
-        x = self.n1(x)
-        x = self.cb2(x)
-        return self.n2(x)
-
-
-class SRB(nn.Module):
-    """Spiking residual block: as SCB, with the shortcut added to the second BN output, before the
-    second neuron (the residual joins the input current, not the spikes). Shortcut: identity, or
-    1x1 conv + BN when the shape changes."""
-
-    def __init__(self, cin, cout, k, stride, neuron):
-        super().__init__()
-        self.cb1, self.n1 = ConvBN(cin, cout, k, stride), neuron()
-        self.cb2, self.n2 = ConvBN(cout, cout, k), neuron()
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
-
-    def forward(self, x):
-        residual = self.shortcut(x)
-        x = self.cb1(x)
-        x = self.n1(x)
-        x = self.cb2(x)
-        return self.n2(x + residual)
-
-
-class FactorizedReduce(nn.Module):
-    """Stride-2 1x1 convs on x and on x shifted by one pixel, concatenated: [.., Cin, H, W] -> [.., Cout, H/2, W/2]."""
-
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv_a = Conv(cin, cout // 2, 1, 2)
-        self.conv_b = Conv(cin, cout - cout // 2, 1, 2)
-
-    def forward(self, x):
-        return torch.cat([self.conv_a(x), self.conv_b(x[..., 1:, 1:])], dim=2)
-
-
-class Skip(nn.Module):
-    """skip_connect: identity (0 spikes) when the shape is kept; otherwise 1x1 conv (stride 1) or
-    factorized reduce (stride 2), then BN and a neuron."""
-
-    def __init__(self, cin, cout, stride, neuron):
-        super().__init__()
-        self.identity = stride == 1 and cin == cout
-        if not self.identity:
-            self.conv = Conv(cin, cout, 1) if stride == 1 else FactorizedReduce(cin, cout)
-            self.bn, self.n1 = TimeBatchNorm(cout), neuron()
-
-    def forward(self, x):
-        if self.identity:
-            return x
-        x = self.conv(x)
-        x = self.bn(x)
-        return self.n1(x)
-
-
-def make_block(name: str, cin: int, cout: int, stride: int, neuron) -> nn.Module:
-    """Build a candidate by name: 'skip_connect', 'SCB_k<k>' or 'SRB_k<k>' (any odd k)."""
-    check_candidate(name)
-    if name == "skip_connect":
-        return Skip(cin, cout, stride, neuron)
-    family, k = name.split("_k")
-    return {"SCB": SCB, "SRB": SRB}[family](cin, cout, int(k), stride, neuron)
-
-
-class MaxPool(nn.Module):
-    """2x2 max-pool, stride 2, no neuron. (Its binary output is counted again, as the original does.)"""
-
-    spike_kind = "pool"       # spikes.Trace counts its output again
-
-    def forward(self, x):
-        return fold(lambda z: F.max_pool2d(z, 2), x)
-
-
-class AvgPoolNeuron(nn.Module):
-    """2x2 avg-pool, stride 2, then a neuron (SNN_4's down-sampling)."""
-
-    def __init__(self, neuron):
-        super().__init__()
-        self.n1 = neuron()
-
-    def forward(self, x):
-        x = fold(lambda z: F.avg_pool2d(z, 2), x)
-        return self.n1(x)
-
-
-class GlobalPoolNeuron(nn.Module):
-    """Spiking global average pool: [T, B, C, H, W] -> [T, B, C, 1, 1] (SNN_2, a baseline)."""
-
-    def __init__(self, neuron):
-        super().__init__()
-        self.n1 = neuron()
-
-    def forward(self, x):
-        x = x.mean(dim=(3, 4), keepdim=True)
-        return self.n1(x)
-
-
-class Choice(nn.ModuleDict):
-    """A searched position: every candidate in the super-network, only the chosen one in a child."""
 
 
 # ----------------------------------------------------------------------------------------------

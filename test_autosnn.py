@@ -816,13 +816,13 @@ def autosnn_save(net, path):
 
 
 def test_core_files_copy_out_as_a_closed_set():
-    """autosnn.py, neurons.py, spikes.py, search_space.py and files.py import only each other, the
+    """autosnn.py, blocks.py, neurons.py, spikes.py, search_space.py and files.py import only each other, the
     standard library, numpy and torch (anywhere in the file, lazy imports included): copied into
     another project, loading a saved network cannot fail with a ModuleNotFoundError."""
     import ast
     import sys
     from pathlib import Path
-    core = {"autosnn", "neurons", "spikes", "search_space", "files"}
+    core = {"autosnn", "blocks", "neurons", "spikes", "search_space", "files"}
     allowed = core | set(sys.stdlib_module_names) | {"numpy", "torch"}
     for name in core:
         tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text())
