@@ -186,6 +186,10 @@ def writing(path: Path):
     """Any failed write (full disk, read-only folder, a folder where a file should be): one line."""
     try:
         yield
+    except WriteError:
+        raise
+    except AutoSNNError as e:               # files.atomic_write's own line (a full disk)
+        raise WriteError(str(e)) from None
     except OSError as e:
         why = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
         raise WriteError(f"cannot write {path}: {why}") from None

@@ -6,26 +6,15 @@ import random
 import pytest
 import torch
 
+import config
 import evolve
 import train
 from autosnn import SpikingNetwork
 from evolve import Search, SearchConfig, evaluate_pool, fitness, pareto_front, rerank
+from conftest import TINY, fake_eval, run_cli
 from search_space import AUTOSNN, get_backbone, parse_arch, sample_arch
 
-TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
-        "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "2", "--retrain-epochs", "2",
-        "--iterations", "3", "--pool", "4", "--topk", "2", "--mutations", "2", "--crossovers", "1",
-        "--log-every", "0", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _no_plots(monkeypatch):
-    """Drawing the plots is most of a tiny run's time; test_baselines.py tests them."""
-    monkeypatch.setattr(train, "plot_run", lambda *args, **kwargs: [])
-
-
-def run_cli(tmp_path, name, *extra):
-    return train.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
+pytestmark = pytest.mark.usefixtures("plotless")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,21 +43,9 @@ def test_more_negative_lambda_never_picks_more_spikes():
         assert picks[0]["acc"] == max(h["acc"] for h in history)
 
 
-# the search algorithm's option (renamed from `search` to `search_algo`, --search-algo)
-
-
 def make_search(**kw):
     cfg = SearchConfig(**{"iterations": 4, "pool": 10, "topk": 5, "mutations": 5, "crossovers": 3, **kw})
     return Search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(1))
-
-
-def fake_eval(archs):
-    """Deterministic made-up accuracy and spikes from the architecture string."""
-    out = []
-    for a in archs:
-        h = sum(ord(c) * (i + 1) for i, c in enumerate(str(a)))
-        out.append({"acc": 0.3 + (h % 97) / 200, "spikes": 5e4 + (h % 89) * 1e3, "neuron_spikes": 4e4})
-    return out
 
 
 def test_mutation_probability_and_validity():
@@ -197,25 +174,6 @@ def test_pipeline_end_to_end(tmp_path):
     assert pareto[0].startswith("generation,arch,acc,spikes") and len(pareto) >= 2
 
 
-# Resume after a kill or Ctrl-C in every stage: test_reliability.py (which uses these two helpers).
-
-def state_of(d):
-    child = torch.load(d / "child.pt", weights_only=False)["model"]
-    sup = torch.load(d / "supernet.pt", weights_only=False)["model"]
-    return (json.loads((d / "search.json").read_text())["history"], (d / "best_arch.txt").read_text(),
-            child, sup, json.loads((d / "results.json").read_text())["test_acc"])
-
-
-def assert_same_run(a, b):
-    ha, aa, ca, sa, ta = state_of(a)
-    hb, ab, cb, sb, tb = state_of(b)
-    assert ha == hb and aa == ab and ta == tb
-    for k in ca:
-        assert torch.equal(ca[k], cb[k]), k
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
 def test_same_seeds_same_history_other_seed_differs(tmp_path):
     assert run_cli(tmp_path, "a", "--stage", "supernet") == 0
     sup = str(tmp_path / "a" / "supernet.pt")
@@ -279,6 +237,19 @@ def test_bad_options(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_presets():
+    """--dry-run alone runs on synthetic data; with another dataset it keeps no synthetic-only value and
+    mentions no option the user did not type; the baselines shrink with it."""
+    cfg, preset = config.make_config({"dry_run": True})
+    assert preset == "dry-run" and cfg.run.dataset == "synthetic" and cfg.run.n_train == 1000
+    cfg, _ = config.make_config({"dry_run": True, "dataset": "cifar10"})
+    assert (cfg.run.dataset, cfg.run.n_train, cfg.run.n_test, cfg.retrain.model_width) == ("cifar10", 0, 0, 0)
+    cfg, _ = config.make_config({"dry_run": True, "stage": "retrain", "model": "resnet19-zheng"})
+    assert cfg.retrain.model_width == 8
+    cfg, _ = config.make_config({})
+    assert (cfg.run.dataset, cfg.supernet.supernet_epochs, cfg.retrain.model_width) == ("cifar10", 30, 0)
 
 
 def test_help_states_defaults(capsys, monkeypatch):

@@ -246,7 +246,9 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
     """Stop on divergence, before this epoch's checkpoint (the last good one stays): a non-finite loss,
     weights or BN statistics that are non-finite or beyond WEIGHT_BOUND, or a classifier that fires at
     (almost) every step with a flat loss for FLAT_EPOCHS epochs. A silent classifier only warns."""
-    e, keep = m["epoch"], f"The last good checkpoint is kept ({ckpt}); try a lower learning rate"
+    e = m["epoch"]
+    keep = (f"The last good checkpoint is kept ({ckpt})" if ckpt.exists() else "There is no checkpoint yet") \
+        + "; try a lower learning rate"
     if not math.isfinite(m["loss"]):
         raise AutoSNNError(f"the {what} loss became {m['loss']} in epoch {e}; stopped. {keep}")
     tensors = [(k, v) for k, v in net.state_dict().items() if v.is_floating_point()]   # BN buffers too
