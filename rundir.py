@@ -165,6 +165,18 @@ def load_state(obj, state: dict, path: Path) -> None:
         raise AutoSNNError(f"{path} does not fit this run's network ({first})") from None
 
 
+def load_supernet(cfg: Config, ck: dict, ds, device, where) -> autosnn.SpikingNetwork:
+    """The super-network of checkpoint `ck` (read from `where`), checked against this run's data."""
+    if ck["num_classes"] != ds.num_classes or tuple(ck["input_shape"]) != tuple(ds.input_shape):
+        raise AutoSNNError(f"the super-network checkpoint {where} has {ck['num_classes']} classes and input "
+                           f"{tuple(ck['input_shape'])}; this run needs {ds.num_classes} and "
+                           f"{tuple(ds.input_shape)}")
+    r = cfg.run
+    net = autosnn.SpikingNetwork(r.backbone, ds.num_classes, None, r.T, ds.input_shape, r.neuron, r.tau0, r.v_th)
+    load_state(net, ck["model"], where)
+    return net.to(device)
+
+
 def rng_states() -> dict:
     """The global generators the project draws from: Python's and torch's CPU generator (weight
     init). Data order, augmentation, path sampling and the search have their own generators, saved

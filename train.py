@@ -15,14 +15,11 @@ Stages (paper sec. 5-7):
   retrain   train the found (or given) architecture from scratch on the full training set and
             report the final-epoch test accuracy, spikes per image and parameters.
 
-Everything goes to runs/<name>/: config.json, log.txt, metrics.jsonl, supernet.pt, supernet_model.pt,
-search.pt, search.json, pareto.csv, best_arch.txt, child.pt, model.pt, results.json (rundir.py).
-Every option is validated (config.py) and the data loaded before the run folder exists; the folder
-appears at once with its config.json, so a failure leaves either nothing or a run that --resume
-continues. Checkpoints are written after every epoch and every search generation and carry the RNG
-states the project draws from, so on a CPU --resume continues bit-identically (with the same number
-of threads; a resume with another number warns). On a GPU that needs at least --deterministic and
-the same card and software versions (not checked by the tests, which run on a CPU).
+Every option is validated (config.py) and the data loaded before the run folder runs/<name>/ exists
+(rundir.py); a failure after that leaves a run that --resume continues. Checkpoints after every epoch
+and search generation carry the RNG states, so on a CPU --resume continues bit-identically with the
+same number of threads (another number warns); on a GPU that needs at least --deterministic and the
+same card and software versions (not checked by the tests, which run on a CPU).
 """
 from __future__ import annotations
 
@@ -45,8 +42,8 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from data import load_dataset
     from evolve import Search, csv_text, evaluate_archs, evaluate_model, plot_run, run_search, write_history
     from files import AutoSNNError, progress
-    from rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, now, resolve, rng_states,
-                        set_rng_states)
+    from rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
+                        rng_states, set_rng_states)
     from search_space import get_backbone, resolve_arch, sample_arch
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
@@ -88,14 +85,12 @@ def main(argv=None) -> int:
         again = isinstance(e, WriteError) and run is not None
         print(f"error: {e}" + (f"; continue with --resume {run.path}" if again else ""), file=sys.stderr)
         return 2
-    except (OSError, MemoryError, torch.OutOfMemoryError) as e:     # after the folder exists: resumable
-        if run is None:
-            raise
-        if isinstance(e, OSError):
-            print(f"error: {e.strerror or e}; continue with --resume {run.path}", file=sys.stderr)
-        else:
-            print(f"error: out of memory; free memory and continue with --resume {run.path}, or start a new "
-                  f"run with a smaller --batch-size or --T", file=sys.stderr)
+    except (OSError, MemoryError, RuntimeError) as e:     # after the folder exists: resumable
+        oom = isinstance(e, MemoryError) or "allocate memory" in str(e) or "out of memory" in str(e)
+        if run is None or not (isinstance(e, OSError) or oom):
+            raise                              # a bug: its traceback
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else "out of memory"
+        print(f"error: {why}; continue with --resume {run.path}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if run is not None:
@@ -355,18 +350,6 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
     run.save_network(net, "supernet_model.pt")
     run.log(f"super-network saved: {run.path / 'supernet_model.pt'}")
     return ck
-
-
-def load_supernet(cfg: Config, ck: dict, ds, device, where) -> SpikingNetwork:
-    """The super-network of checkpoint `ck` (read from `where`), checked against this run's data."""
-    if ck["num_classes"] != ds.num_classes or tuple(ck["input_shape"]) != tuple(ds.input_shape):
-        raise AutoSNNError(f"the super-network checkpoint {where} has {ck['num_classes']} classes and input "
-                           f"{tuple(ck['input_shape'])}; this run needs {ds.num_classes} and "
-                           f"{tuple(ds.input_shape)}")
-    r = cfg.run
-    net = SpikingNetwork(r.backbone, ds.num_classes, None, r.T, ds.input_shape, r.neuron, r.tau0, r.v_th)
-    load_state(net, ck["model"], where)
-    return net.to(device)
 
 
 def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) -> str:
