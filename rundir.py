@@ -31,6 +31,7 @@ import torch
 import autosnn
 import dist
 from config import FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config
+from evolve import csv_text
 from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, remove_stale_temps
 
 CHECKPOINTS = {"supernet": "supernet.pt", "search": "search.pt", "retrain": "child.pt"}
@@ -320,6 +321,20 @@ class Run:
         if self.writes:
             with writing(path):
                 atomic_write_text(path, text)
+
+    def write_table(self, stem: str, rows: list[dict], head: str, tail: list[str]) -> str:
+        """rows as stem.csv and as a Markdown table in stem.md between `head` and the `tail` lines.
+        Returns the Markdown."""
+        keys = list(rows[0])
+        self.write_text(self.path / f"{stem}.csv", csv_text(keys, rows))
+        fmt = {"test_acc": "{:.4f}", "spikes": "{:.0f}", "neuron_spikes": "{:.0f}", "params": "{:,}",
+               "energy_uj": "{:.2f}", "ann_energy_uj": "{:.2f}"}
+        md = [head, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        md += ["| " + " | ".join(fmt.get(k, "{}").format(x[k]) if x[k] is not None else "-" for k in keys) + " |"
+               for x in rows]
+        md = "\n".join(md + [""] + tail)
+        self.write_text(self.path / f"{stem}.md", md + "\n")
+        return md
 
     def save(self, obj, name: str) -> None:
         """A checkpoint, serialised in memory, then written atomically: a crash never leaves half of

@@ -40,7 +40,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from baselines import HandcraftedSNN
     from config import Config, Env, build_parser, user_error
     from data import load_dataset
-    from evolve import Search, csv_text, evaluate_archs, evaluate_model, plot_run, run_search, write_history
+    from evolve import Search, evaluate_archs, evaluate_model, plot_run, run_search, write_history
     from files import AutoSNNError, progress
     from rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
                         rng_states, set_rng_states)
@@ -483,21 +483,12 @@ def study_stage(cfg: Config, ds, run: Run, env: Env) -> list[dict]:
                      "spikes": res["spikes"], "neuron_spikes": res["neuron_spikes"], "params": res["params"],
                      "energy_uj": e.get("energy_uj"), "ann_energy_uj": e.get("ann_energy_uj")})
         silent[backbone] = res["silent_layers"]
-    keys = list(rows[0])
-    run.write_text(run.path / "study.csv", csv_text(keys, rows))
-    fmt = {"test_acc": "{:.4f}", "spikes": "{:.0f}", "neuron_spikes": "{:.0f}", "params": "{:,}",
-           "energy_uj": "{:.2f}", "ann_energy_uj": "{:.2f}"}
-    md = [f"Design-choice study: {cfg.run.dataset}, block {cfg.retrain.study_block} everywhere, T={cfg.run.T}, "
-          f"{cfg.retrain.retrain_epochs} epochs, seed {cfg.run.seed}. Energy is an estimate "
-          f"({E_AC} pJ/AC, {E_MAC} pJ/MAC).", "",
-          "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    md += ["| " + " | ".join(fmt.get(k, "{}").format(x[k]) if x[k] is not None else "-" for k in keys) + " |"
-           for x in rows]
-    md += ["", "Silent layers (no spike on the test set; every layer after one gets no input, see the "
-               "README's 'Silent layers'):"]
-    md += [f"- {b}: {', '.join(names) or 'none'}" for b, names in silent.items()]
-    run.write_text(run.path / "study.md", "\n".join(md) + "\n")
-    run.log("\n".join(md))
+    head = (f"Design-choice study: {cfg.run.dataset}, block {cfg.retrain.study_block} everywhere, T={cfg.run.T}, "
+            f"{cfg.retrain.retrain_epochs} epochs, seed {cfg.run.seed}. Energy is an estimate "
+            f"({E_AC} pJ/AC, {E_MAC} pJ/MAC).")
+    tail = ["Silent layers (no spike on the test set; every layer after one gets no input, see the README's "
+            "'Silent layers'):"] + [f"- {b}: {', '.join(names) or 'none'}" for b, names in silent.items()]
+    run.log(run.write_table("study", rows, head, tail))
     return rows
 
 
