@@ -1,31 +1,23 @@
 """Tests of the search (evolve.py) and the command-line pipeline (train.py) on synthetic data."""
 import json
 import math
+import os
 import random
 
 import pytest
 import torch
 
+import config
 import evolve
+import files
 import train
+import autosnn
 from autosnn import SpikingNetwork
 from evolve import Search, SearchConfig, evaluate_pool, fitness, pareto_front, rerank
+from conftest import TINY, TINY1, fake_eval, run_cli
 from search_space import AUTOSNN, get_backbone, parse_arch, sample_arch
 
-TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
-        "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "2", "--retrain-epochs", "2",
-        "--iterations", "3", "--pool", "4", "--topk", "2", "--mutations", "2", "--crossovers", "1",
-        "--log-every", "0", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _no_plots(monkeypatch):
-    """Drawing the plots is most of a tiny run's time; test_baselines.py tests them."""
-    monkeypatch.setattr(train, "plot_run", lambda *args, **kwargs: [])
-
-
-def run_cli(tmp_path, name, *extra):
-    return train.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
+pytestmark = pytest.mark.usefixtures("plotless")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,21 +46,9 @@ def test_more_negative_lambda_never_picks_more_spikes():
         assert picks[0]["acc"] == max(h["acc"] for h in history)
 
 
-# the search algorithm's option (renamed from `search` to `search_algo`, --search-algo)
-
-
 def make_search(**kw):
     cfg = SearchConfig(**{"iterations": 4, "pool": 10, "topk": 5, "mutations": 5, "crossovers": 3, **kw})
     return Search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(1))
-
-
-def fake_eval(archs):
-    """Deterministic made-up accuracy and spikes from the architecture string."""
-    out = []
-    for a in archs:
-        h = sum(ord(c) * (i + 1) for i, c in enumerate(str(a)))
-        out.append({"acc": 0.3 + (h % 97) / 200, "spikes": 5e4 + (h % 89) * 1e3, "neuron_spikes": 4e4})
-    return out
 
 
 def test_mutation_probability_and_validity():
@@ -185,7 +165,7 @@ def test_pipeline_end_to_end(tmp_path):
     best = max(doc["history"], key=lambda h: h["fitness"])
     assert (d / "best_arch.txt").read_text().strip() == best["arch"]
     res = json.loads((d / "results.json").read_text())
-    assert res["arch"] == best["arch"] and 0 <= res["test_acc"] <= 1
+    assert res["arch"] == best["arch"] and res["test_acc"] * 32 == round(res["test_acc"] * 32)     # of 32 images
     assert res["spikes"] >= res["neuron_spikes"] > 0
     child = SpikingNetwork("AutoSNN_4", 10, best["arch"], T=2)
     assert res["params"] == sum(p.numel() for p in child.parameters())
@@ -195,25 +175,6 @@ def test_pipeline_end_to_end(tmp_path):
     assert cfg["run"]["backbone"] == "AutoSNN_4" and cfg["search"]["pool"] == 4
     pareto = (d / "pareto.csv").read_text().splitlines()
     assert pareto[0].startswith("generation,arch,acc,spikes") and len(pareto) >= 2
-
-
-# Resume after a kill or Ctrl-C in every stage: test_reliability.py (which uses these two helpers).
-
-def state_of(d):
-    child = torch.load(d / "child.pt", weights_only=False)["model"]
-    sup = torch.load(d / "supernet.pt", weights_only=False)["model"]
-    return (json.loads((d / "search.json").read_text())["history"], (d / "best_arch.txt").read_text(),
-            child, sup, json.loads((d / "results.json").read_text())["test_acc"])
-
-
-def assert_same_run(a, b):
-    ha, aa, ca, sa, ta = state_of(a)
-    hb, ab, cb, sb, tb = state_of(b)
-    assert ha == hb and aa == ab and ta == tb
-    for k in ca:
-        assert torch.equal(ca[k], cb[k]), k
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
 
 
 def test_same_seeds_same_history_other_seed_differs(tmp_path):
@@ -279,6 +240,19 @@ def test_bad_options(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_presets():
+    """--dry-run alone runs on synthetic data; with another dataset it keeps no synthetic-only value and
+    mentions no option the user did not type; the baselines shrink with it."""
+    cfg, preset = config.make_config({"dry_run": True})
+    assert preset == "dry-run" and cfg.run.dataset == "synthetic" and cfg.run.n_train == 1000
+    cfg, _ = config.make_config({"dry_run": True, "dataset": "cifar10"})
+    assert (cfg.run.dataset, cfg.run.n_train, cfg.run.n_test, cfg.retrain.model_width) == ("cifar10", 0, 0, 0)
+    cfg, _ = config.make_config({"dry_run": True, "stage": "retrain", "model": "resnet19-zheng"})
+    assert cfg.retrain.model_width == 8
+    cfg, _ = config.make_config({})
+    assert (cfg.run.dataset, cfg.supernet.supernet_epochs, cfg.retrain.model_width) == ("cifar10", 30, 0)
 
 
 def test_help_states_defaults(capsys, monkeypatch):
@@ -380,3 +354,81 @@ def test_bench_quick_json(capsys):
         s["archs_per_min"] / s["stepwise_archs_per_min"])
     assert [r["T"] for r in res["scale_T"]] == [2, 3] and [r["batch"] for r in res["scale_batch"]] == [2, 4]
     assert res["config"]["backbone"] == "AutoSNN_4" and res["config"]["T"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Promises of the training loop and the writer
+# ---------------------------------------------------------------------------------------------
+
+def count_syncs(monkeypatch, fn):
+    """Calls of host-syncing tensor methods while fn() runs."""
+    calls = {"n": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, **k):
+            calls["n"] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    fn()
+    monkeypatch.undo()
+    return calls["n"]
+
+
+def test_no_host_sync_per_batch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = autosnn.SpikingNetwork("AutoSNN_4", 10, AUTOSNN, T=2, v_th=0.5)
+    opt = torch.optim.SGD(net.parameters(), 1e-3)    # Adam reads its step counters, kept on the CPU, with .item()
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
+    run = train.Run(tmp_path)
+    counts = []
+    for n in (2, 6):
+        counts.append(count_syncs(monkeypatch, lambda: train.train_epoch(
+            net, opt, data[:n], n, lambda: None, run, 0, "t")))
+        counts.append(count_syncs(monkeypatch, lambda: evolve.evaluate_model(net, data[:n])))
+    assert counts[0] == counts[2] and counts[1] == counts[3], counts     # independent of the batch count
+
+
+def test_bf16_autocast_runs(tmp_path):
+    assert run_cli(tmp_path, "bf", "--stage", "retrain", "--arch", "AutoSNN", "--retrain-epochs", "1", "--amp", "bf16",
+                   base=TINY1) == 0
+    res = json.loads((tmp_path / "bf" / "results.json").read_text())
+    assert res["test_acc"] * 32 == round(res["test_acc"] * 32) and res["spikes"] >= res["neuron_spikes"]
+    assert "bf16 autocast" in (tmp_path / "bf" / "log.txt").read_text()
+
+
+def test_determinism_flag_and_compile_default():
+    try:
+        config.set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    finally:
+        config.set_determinism(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
+    cfg, _ = config.make_config({"device": "cpu"})
+    assert not config.Env(cfg, torch.device("cpu")).compile and config.Env(cfg, torch.device("cuda")).compile
+    cfg, _ = config.make_config({"compile": False})
+    assert not config.Env(cfg, torch.device("cuda")).compile
+
+
+def test_writer_and_sweeper(tmp_path):
+    target = tmp_path / "x.json"
+    files.atomic_write_text(target, "old")
+
+    def interrupted(f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(target, interrupted)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    live = tmp_path / f".a{files.TEMP_MARK}{os.getpid()}"          # a writer still running: kept
+    dead = tmp_path / f".b{files.TEMP_MARK}999999999"              # no such process: removed
+    live.write_text("")
+    dead.mkdir()
+    assert files.remove_stale_temps(tmp_path) == [dead.name] and live.exists()
+    files.create_folder(tmp_path / "new", {"config.json": "{}"})
+    assert (tmp_path / "new" / "config.json").read_text() == "{}"
+    with pytest.raises(files.AutoSNNError, match="already exists"):
+        files.create_folder(tmp_path / "new", {"config.json": "{}"})

@@ -14,29 +14,18 @@ import pytest
 import torch
 
 import autosnn
-import evolve
 import files
+import rundir
 import train
+from conftest import TINY1, assert_same_run, no_plots, one_line, run_cli
 from search_space import AUTOSNN
-from test_pipeline import TINY, assert_same_run
 
 HERE = Path(__file__).resolve().parent
-# smaller still than test_pipeline's TINY (2 batches per epoch, 2 x 3 search), one thread: the
-# killed subprocesses share 2 cores with everything else
-TINY1 = TINY + ["--n-train", "64", "--iterations", "2", "--pool", "3", "--mutations", "1", "--threads", "1"]
-
-
-def no_plots(*args, **kwargs):
-    return []        # plots are most of a tiny run's time and none of what these tests check
-
-
-@pytest.fixture(autouse=True)
-def _no_plots(monkeypatch):
-    monkeypatch.setattr(train, "plot_run", no_plots)
+pytestmark = pytest.mark.usefixtures("plotless")
 
 
 def cli(out, name, *extra):
-    return train.main(TINY1 + ["--out", str(out), "--name", name, *extra])
+    return run_cli(out, name, *extra, base=TINY1)
 
 
 @pytest.fixture(scope="module")
@@ -134,24 +123,6 @@ def test_kill_while_creating_the_folder_leaves_nothing(tmp_path, capsys):
     assert (tmp_path / "x" / "supernet.pt").is_file() and temps(tmp_path) == []
 
 
-def test_resume_ignores_saved_gpu_rng_states(tmp_path, monkeypatch):
-    """Old checkpoints list one CUDA RNG state per GPU at save time; resume works with fewer (none)."""
-    real = train.Run.save
-
-    def once(self, obj, name):
-        real(self, obj, name)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(train.Run, "save", once)
-    assert cli(tmp_path, "x", "--stage", "supernet") == 130
-    monkeypatch.setattr(train.Run, "save", real)
-    path = tmp_path / "x" / "supernet.pt"
-    ck = torch.load(path, weights_only=True)
-    ck["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8
-    torch.save(ck, path)
-    assert train.main(["--resume", str(tmp_path / "x")]) == 0
-    assert torch.load(path, weights_only=True)["epoch"] == 2
-
-
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit code 2, no run folder
 # ---------------------------------------------------------------------------------------------
@@ -179,24 +150,36 @@ BAD = [
     (["--lam", "nan"], "--lam must be a finite number"),
     (["--model-width", "-4"], "--model-width must be an integer >= 0"),
     (["--threads", "-1"], "--threads must be an integer >= 0"),
+    (["--threads", "1000"], "--threads must be at most this machine's"),
     (["--log-every", "-1"], "--log-every must be an integer >= 0"),
+    (["--eval-every", "0"], "--eval-every must be an integer >= 1"),          # issue 19, bug 6
+    (["--seed", str(2**70)], "--seed must be an integer in 0.."),
+    (["--seed", "-1"], "--seed must be an integer in 0.."),
+    (["--search-seed", str(2**64)], "--search-seed must be an integer in 0.."),
+    (["--T", "10000"], "for the training activations alone"),
+    (["--T", "10000", "--stage", "retrain", "--arch", "AutoSNN"], "for the training activations alone"),
     (["--cutout", "1000"], "larger than the 32x32 images"),
     (["--name", "../escaped"], "plain folder name"),
+    (["--name", "n" * 300], "this filesystem takes names of 255 bytes"),
+    (["--name", "n" * 250], "the run folder's temporary name adds"),
     (["--dry-run", "--preset", "paper"], "give one of --dry-run and --preset"),
     (["--neuron", "ann", "--T", "4"], "needs --T 1"),
     (["--train-portion", "1.5"], "--train-portion must be in (0, 1)"),
     (["--amp", "fp16"], "--amp must be fp32 or bf16"),
-    (["--out", "/proc"], "cannot create the run folder"),
+    (["--out", "/proc"], "cannot create the run folder in --out /proc: /proc does not take new folders"),
     (["--out", "/sys/kernel"], "cannot create the run folder"),
     (["--out", "@FILE"], "is a file, not a folder"),
     (["--download", "--data-root", "@FILE"], "is a file, not a folder"),
     (["--stage", "search", "--supernet", "@CHILD"], "is a retrain checkpoint, not a supernet one"),
+    (["--stage", "search", "--supernet", "@REF"], "is a folder; give the supernet.pt inside it"),
+    (["--stage", "all", "--supernet", "@SUPER"], "--supernet is for --stage search or --stage retrain"),
+    (["--stage", "supernet", "--supernet", "@SUPER"], "--stage supernet trains its own super-network"),
     (["--stage", "retrain", "--arch", "AutoSNN", "--inherit", "--supernet", "@SUPER8"], "does not fit"),
     (["--dataset", "synthetic-dvs", "--stage", "retrain", "--model", "resnet19-zheng"], "takes input"),
 ]
 
 
-@pytest.mark.parametrize("extra, words", BAD, ids=[" ".join(a) for a, _ in BAD])
+@pytest.mark.parametrize("extra, words", BAD, ids=[" ".join(a)[:60] for a, _ in BAD])
 def test_bad_input_one_line_no_folder(ref, tmp_path, capsys, extra, words):
     (tmp_path / "a_file").write_text("x")
     super8 = tmp_path / "super8.pt"
@@ -204,16 +187,24 @@ def test_bad_input_one_line_no_folder(ref, tmp_path, capsys, extra, words):
         ck = torch.load(ref / "supernet.pt", weights_only=True)
         ck["model"] = autosnn.SpikingNetwork("AutoSNN_8", 10, T=2).state_dict()
         torch.save(ck, super8)
-    subst = {"@FILE": str(tmp_path / "a_file"), "@CHILD": str(ref / "child.pt"), "@SUPER8": str(super8)}
+    subst = {"@FILE": str(tmp_path / "a_file"), "@CHILD": str(ref / "child.pt"), "@SUPER8": str(super8),
+             "@REF": str(ref), "@SUPER": str(ref / "supernet.pt")}
     extra = [subst.get(a, a) for a in extra]
     out = tmp_path / "out"
     before = sorted(p.name for p in tmp_path.iterdir())
     code = train.main(TINY1 + ["--name", "bad"] + (["--out", str(out)] if "--out" not in extra else []) + extra)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    one_line(err, words)
     assert sorted(p.name for p in tmp_path.iterdir()) == before            # no run folder, nothing else
     assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_dry_run_with_a_real_dataset_names_only_what_was_typed(tmp_path, cli):
+    """--dry-run --dataset cifar10 without the files: the missing data, not the preset's --n-train."""
+    res = cli(["--dry-run", "--dataset", "cifar10", "--data-root", tmp_path / "none", "--out", tmp_path])
+    assert res.code == 2 and "--n-train" not in res.err and "cifar10" in res.err.lower(), res.err
+    assert len(res.err.splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
@@ -226,13 +217,24 @@ def test_read_only_out(tmp_path, capsys):
 
 def test_resume_errors_name_the_file(ref, tmp_path, capsys):
     d = tmp_path / "copy"
-    shutil.copytree(ref, d)
-    for text, words in (("[]", "is not a run configuration"), ("{", "is not valid JSON")):
+    d.mkdir()                                     # a folder without checkpoints: nothing to rebuild from
+    good = json.loads((ref / "config.json").read_text())
+    old_key = {**good, "run": {("supernet" if k == "supernet_path" else k): v for k, v in good["run"].items()}}
+    no_T = {**good, "run": {k: v for k, v in good["run"].items() if k != "T"}}
+    for text, words in (("[]", "is not a run configuration"), ("{", "is not valid JSON"),
+                        (json.dumps(old_key), "has unknown options supernet: made by an older version"),
+                        (json.dumps(no_T), "lacks the options T: made by an older version")):
         (d / "config.json").write_text(text)
         assert train.main(["--resume", str(d)]) == 2
         err = capsys.readouterr().err.strip()
-        assert words in err and str(d / "config.json") in err and len(err.splitlines()) == 1
-    shutil.copy(ref / "config.json", d / "config.json")
+        assert words in err and str(d / "config.json") in err and len(err.splitlines()) == 1, err
+    old = torch.load(ref / "supernet.pt", weights_only=True)
+    del old["kind"]                               # a checkpoint of an older version
+    torch.save(old, tmp_path / "old.pt")
+    assert train.main(["--stage", "search", "--supernet", str(tmp_path / "old.pt")]) == 2
+    assert "old.pt was made by an older version of this project; rerun" in capsys.readouterr().err
+    shutil.rmtree(d)
+    shutil.copytree(ref, d)
     ck = torch.load(d / "supernet.pt", weights_only=True)         # a super-network of another width
     ck["model"] = autosnn.SpikingNetwork("AutoSNN_8", 10, T=2).state_dict()
     torch.save(ck, d / "supernet.pt")
@@ -241,6 +243,73 @@ def test_resume_errors_name_the_file(ref, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "supernet.pt does not fit" in err and len(err.splitlines()) == 1
     assert (d / "supernet.pt").read_bytes() == before
+
+
+def test_resume_rebuilds_what_the_checkpoints_hold(ref, tmp_path):
+    """config.json deleted, or missing a key (T = 2 here, 8 by default), and a damaged search.json:
+    the checkpoints hold them, so resume rebuilds them instead of stopping or using a default."""
+    d = tmp_path / "copy"
+    for damage in ("delete", "drop T"):
+        shutil.copytree(ref, d)
+        if damage == "delete":
+            (d / "config.json").unlink()
+        else:
+            cfg = json.loads((d / "config.json").read_text())
+            del cfg["run"]["T"]
+            (d / "config.json").write_text(json.dumps(cfg))
+        (d / "search.json").write_text("{")
+        assert train.main(["--resume", str(d)]) == 0
+        assert json.loads((d / "config.json").read_text())["run"]["T"] == 2
+        assert (json.loads((d / "search.json").read_text())["history"]
+                == json.loads((ref / "search.json").read_text())["history"])
+        assert_same_run(ref, d)
+        shutil.rmtree(d)
+
+
+def test_second_process_on_the_folder_is_refused(ref, tmp_path, capsys):
+    d = tmp_path / "copy"
+    shutil.copytree(ref, d)
+    holder = rundir.Run(d)
+    holder.lock()                    # what a running train.py holds
+    try:
+        assert train.main(["--resume", str(d)]) == 2
+        one_line(capsys.readouterr().err.strip(), f"{d} is in use by another process (pid {os.getpid()})")
+    finally:
+        holder.close()
+    assert train.main(["--resume", str(d)]) == 0
+
+
+def test_write_failure_after_the_folder_exists_is_one_line_and_resumable(ref, tmp_path, capsys):
+    d = tmp_path / "copy"
+    shutil.copytree(ref, d)
+    (d / "metrics.jsonl").unlink()
+    (d / "metrics.jsonl").mkdir()                # metrics.jsonl replaced by a folder
+    assert train.main(["--resume", str(d)]) == 2
+    one_line(capsys.readouterr().err.strip(), f"cannot write {d / 'metrics.jsonl'}")
+    (d / "metrics.jsonl").rmdir()
+    assert train.main(["--resume", str(d)]) == 0
+
+
+def test_search_from_an_unfinished_supernet_warns(ref, tmp_path):
+    ck = torch.load(ref / "supernet.pt", weights_only=True)
+    ck["epoch"] = 1                               # as if killed at epoch 1 of 2
+    torch.save(ck, tmp_path / "cut.pt")
+    assert train.main(["--stage", "search", "--supernet", str(tmp_path / "cut.pt"), "--iterations", "1",
+                       "--pool", "2", "--out", str(tmp_path), "--name", "s", "--log-every", "0"]) == 0
+    assert "stopped at epoch 1 of 2" in (tmp_path / "s" / "log.txt").read_text()
+
+
+def test_closed_stdout_stops_printing_not_training(tmp_path):
+    """train.py | head -1: the run goes on to its end."""
+    script = "import sys, train\ntrain.plot_run = lambda *a, **k: []\nsys.exit(train.main(sys.argv[1:]))\n"
+    argv = TINY1 + ["--stage", "retrain", "--arch", "AutoSNN", "--out", str(tmp_path), "--name", "x"]
+    p = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=HERE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert (tmp_path / "x" / "results.json").is_file()
 
 
 def test_misspelled_option_one_line_with_hint(capsys):
@@ -252,7 +321,7 @@ def test_misspelled_option_one_line_with_hint(capsys):
 
 
 def test_ctrl_c_before_the_folder_says_nothing_saved(tmp_path, monkeypatch, capsys):
-    def interrupt(cfg):
+    def interrupt(*args):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "load_data", interrupt)
     assert cli(tmp_path, "x") == 130
@@ -264,42 +333,102 @@ def test_ctrl_c_before_the_folder_says_nothing_saved(tmp_path, monkeypatch, caps
 # ---------------------------------------------------------------------------------------------
 
 def test_full_disk_one_line_previous_checkpoint_intact(tmp_path, monkeypatch, capsys):
-    real, calls = torch.save, {"n": 0}
+    """The disk fills while epoch 2's checkpoint is written (torch's own writer would turn ENOSPC into
+    "RuntimeError: unexpected pos"; checkpoints are serialised in memory, so the write sees it)."""
+    real, calls = files.atomic_write, {"n": 0}
 
-    def save(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def full(path, write):
+        def half(f):
             f.write(b"half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(obj, f, *a, **k)
-    monkeypatch.setattr(train.torch, "save", save)
+        calls["n"] += path.name == "supernet.pt"
+        return real(path, half if calls["n"] == 2 and path.name == "supernet.pt" else write)
+    monkeypatch.setattr(rundir, "atomic_write", full)
     assert cli(tmp_path, "x", "--stage", "supernet") == 2
-    err = capsys.readouterr().err.strip()
-    assert "no space left on device while writing" in err and "supernet.pt" in err and len(err.splitlines()) == 1
+    one_line(capsys.readouterr().err.strip(), "no space left on device while writing")
     assert torch.load(tmp_path / "x" / "supernet.pt", weights_only=True)["epoch"] == 1
     assert temps(tmp_path) == []
-    monkeypatch.setattr(train.torch, "save", real)
+    monkeypatch.setattr(rundir, "atomic_write", real)
     assert train.main(["--resume", str(tmp_path / "x")]) == 0          # space freed: it continues
 
 
-def test_non_finite_weights_stop_training(tmp_path, monkeypatch, capsys):
-    """A diverged network can keep a finite loss (nothing spikes); its weights give it away."""
+def bn_buffer(net, name):
+    return next(b for n, b in net.named_buffers() if n.endswith(name))
+
+
+# A diverged network can keep a finite loss (nothing spikes); its weights give it away, and so do the
+# BN running statistics, which no optimizer step touches (issue 19, bug 7: a check of parameters only).
+POISONS = {
+    "weight nan": (lambda net: next(net.parameters()).fill_(float("nan")), "weights became non-finite in epoch 2"),
+    "bn running_var inf": (lambda net: bn_buffer(net, "running_var").fill_(float("inf")),
+                           "weights became non-finite in epoch 2 (first: stem.bn"),
+    "bn running_mean 1e7": (lambda net: bn_buffer(net, "running_mean").fill_(1e7),
+                            "larger than 1e+06 in magnitude in epoch 2 (first: stem.bn"),
+}
+
+
+@pytest.mark.parametrize("poison", POISONS)
+def test_diverged_weights_stop_training(tmp_path, monkeypatch, capsys, poison):
     real, calls = train.train_epoch, {"n": 0}
+    spoil, words = POISONS[poison]
 
     def poisoned(net, *a, **k):
         m = real(net, *a, **k)
         calls["n"] += 1
         if calls["n"] == 2:
             with torch.no_grad():
-                next(net.parameters()).fill_(float("nan"))
+                spoil(net)
         return m
     monkeypatch.setattr(train, "train_epoch", poisoned)
     assert cli(tmp_path, "x", "--stage", "retrain", "--arch", "AutoSNN") == 2
     err = capsys.readouterr().err.strip()
-    assert "weights became non-finite in epoch 2" in err and "last good checkpoint" in err
+    one_line(err, words)
+    assert "last good checkpoint is kept" in err
     ck = torch.load(tmp_path / "x" / "child.pt", weights_only=True)
     assert ck["epoch"] == 1 and all(v.isfinite().all() for v in ck["model"].values() if v.is_floating_point())
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_out_of_memory_after_the_folder_exists_is_resumable(tmp_path, monkeypatch, capsys):
+    real, calls = train.train_epoch, {"n": 0}
+
+    def short_of_memory(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_epoch", short_of_memory)
+    assert cli(tmp_path, "x", "--stage", "supernet") == 2
+    one_line(capsys.readouterr().err.strip(), f"error: out of memory; continue with --resume {tmp_path / 'x'}")
+    assert train.main(["--resume", str(tmp_path / "x")]) == 0            # memory freed: no dead end
+    assert torch.load(tmp_path / "x" / "supernet.pt", weights_only=True)["epoch"] == 2
+
+
+def test_huge_learning_rate_stops_in_the_first_epoch(tmp_path, capsys):
+    """--retrain-lr 1e9: weights around 1e21, finite, the loss stuck at 0.9; once results.json said exit 0."""
+    assert cli(tmp_path, "x", "--stage", "retrain", "--arch", "AutoSNN", "--retrain-lr", "1e9") == 2
+    err = capsys.readouterr().err.strip()
+    one_line(err, "larger than 1e+06 in magnitude in epoch 1")
+    assert "no checkpoint yet" in err and not (tmp_path / "x" / "results.json").exists()
+
+
+def test_classifier_firing_always_with_a_flat_loss_stops(tmp_path):
+    """Three epochs of a saturated classifier and a flat loss stop; two, or a moving loss, do not."""
+    net = autosnn.SpikingNetwork("AutoSNN_4", 10, AUTOSNN, T=2)
+    run = rundir.Run(tmp_path)
+
+    def epoch(e, loss=0.9, rate=1.0):
+        return {"epoch": e, "loss": loss, "classifier": "fc_neuron", "classifier_rate": rate,
+                "layers": {"fc_neuron": 1.0}}
+    history = [epoch(1), epoch(2)]
+    with pytest.raises(files.AutoSNNError, match="fired at every step for 3 epochs"):
+        train.check_epoch(net, epoch(3), history, "retraining", tmp_path / "child.pt", run)
+    train.check_epoch(net, epoch(3), history[1:], "retraining", tmp_path / "child.pt", run)
+    train.check_epoch(net, epoch(3, loss=0.5), history, "retraining", tmp_path / "child.pt", run)
+    train.check_epoch(net, epoch(3, rate=0.5), history, "retraining", tmp_path / "child.pt", run)
+    silent = {**epoch(3, rate=0.0), "layers": {"fc_neuron": 0.0}}          # never fires: a warning only
+    train.check_epoch(net, silent, [epoch(1, rate=0.0), epoch(2, rate=0.0)], "retraining", tmp_path / "c.pt", run)
+    assert "classifier (fc_neuron) emitted no spike" in (tmp_path / "log.txt").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,77 +458,6 @@ def test_run_folder_contents(ref):
     assert len(warned) == len(set(warned))                               # once per layer name
     if res["per_layer_spikes"]["fc_neuron"] == 0:
         assert "classifier (fc_neuron) emitted no spike" in log
-
-
-def count_syncs(monkeypatch, fn):
-    """Calls of host-syncing tensor methods while fn() runs."""
-    calls = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        real = getattr(torch.Tensor, name)
-
-        def counting(self, *a, _real=real, **k):
-            calls["n"] += 1
-            return _real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    fn()
-    monkeypatch.undo()
-    return calls["n"]
-
-
-def test_no_host_sync_per_batch(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    net = autosnn.SpikingNetwork("AutoSNN_4", 10, AUTOSNN, T=2, v_th=0.5)
-    opt = torch.optim.SGD(net.parameters(), 1e-3)    # Adam reads its step counters, kept on the CPU, with .item()
-    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
-    run = train.Run(tmp_path)
-    counts = []
-    for n in (2, 6):
-        counts.append(count_syncs(monkeypatch, lambda: train.train_epoch(
-            net, opt, data[:n], n, lambda: None, run, 0, "t")))
-        counts.append(count_syncs(monkeypatch, lambda: evolve.evaluate_model(net, data[:n])))
-    assert counts[0] == counts[2] and counts[1] == counts[3], counts     # independent of the batch count
-
-
-def test_bf16_autocast_runs(tmp_path):
-    assert cli(tmp_path, "bf", "--stage", "retrain", "--arch", "AutoSNN", "--retrain-epochs", "1", "--amp", "bf16") == 0
-    assert 0 <= json.loads((tmp_path / "bf" / "results.json").read_text())["test_acc"] <= 1
-
-
-def test_determinism_flag_and_compile_default():
-    try:
-        train.set_determinism(True)
-        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
-        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
-    finally:
-        train.set_determinism(False)
-    assert not torch.are_deterministic_algorithms_enabled()
-    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
-    cfg, _ = train.make_config({"device": "cpu"})
-    assert not train.Env(cfg, torch.device("cpu")).compile and train.Env(cfg, torch.device("cuda")).compile
-    cfg, _ = train.make_config({"compile": False})
-    assert not train.Env(cfg, torch.device("cuda")).compile
-
-
-def test_writer_and_sweeper(tmp_path):
-    target = tmp_path / "x.json"
-    files.atomic_write_text(target, "old")
-
-    def interrupted(f):
-        f.write(b"partial")
-        raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        files.atomic_write(target, interrupted)
-    assert target.read_text() == "old" and temps(tmp_path) == []
-    live = tmp_path / f".a{files.TEMP_MARK}{os.getpid()}"          # a writer still running: kept
-    dead = tmp_path / f".b{files.TEMP_MARK}999999999"              # no such process: removed
-    live.write_text("")
-    dead.mkdir()
-    assert files.remove_stale_temps(tmp_path) == [dead.name] and live.exists()
-    files.create_folder(tmp_path / "new", {"config.json": "{}"})
-    assert (tmp_path / "new" / "config.json").read_text() == "{}"
-    with pytest.raises(files.AutoSNNError, match="already exists"):
-        files.create_folder(tmp_path / "new", {"config.json": "{}"})
 
 
 def test_ctrl_c_while_imports_load():

@@ -1,0 +1,84 @@
+"""Helpers shared by the test files: tiny command lines, running train.main with its exit code and
+stderr, a fixture that skips the plots, a made-up evaluator for the search, and comparing two runs."""
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+# a whole pipeline in seconds: 96 synthetic images, width 4, T = 2, 2 + 2 epochs, a 3 x 4 search
+TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
+        "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "2", "--retrain-epochs", "2",
+        "--iterations", "3", "--pool", "4", "--topk", "2", "--mutations", "2", "--crossovers", "1",
+        "--log-every", "0", "--device", "cpu"]
+# smaller still (2 batches per epoch, 2 x 3 search), one thread: the killed subprocesses of
+# test_reliability.py share 2 cores with everything else
+TINY1 = TINY + ["--n-train", "64", "--iterations", "2", "--pool", "3", "--mutations", "1", "--threads", "1"]
+
+
+def no_plots(*args, **kwargs):
+    return []        # plots are most of a tiny run's time; test_baselines.py tests them
+
+
+@pytest.fixture
+def plotless(monkeypatch):
+    """train.main without drawing plots (use with pytestmark = pytest.mark.usefixtures("plotless"))."""
+    import train
+    monkeypatch.setattr(train, "plot_run", no_plots)
+
+
+def run_cli(out, name, *extra, base=TINY) -> int:
+    """train.main on a tiny configuration in out/name; returns the exit code."""
+    import train
+    return train.main(list(base) + ["--out", str(out), "--name", name, *extra])
+
+
+@dataclass
+class Result:
+    code: int
+    err: str           # stderr, stripped
+    out: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(argv) -> Result(code, err, out) of train.main(argv)."""
+    import train
+
+    def run(argv) -> Result:
+        capsys.readouterr()
+        code = train.main([str(a) for a in argv])
+        c = capsys.readouterr()
+        return Result(code, c.err.strip(), c.out)
+    return run
+
+
+def one_line(err: str, words: str) -> None:
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def fake_eval(archs):
+    """Deterministic made-up accuracy and spikes from the architecture string."""
+    out = []
+    for a in archs:
+        h = sum(ord(c) * (i + 1) for i, c in enumerate(str(a)))
+        out.append({"acc": 0.3 + (h % 97) / 200, "spikes": 5e4 + (h % 89) * 1e3, "neuron_spikes": 4e4})
+    return out
+
+
+def state_of(d):
+    child = torch.load(d / "child.pt", weights_only=True)["model"]
+    sup = torch.load(d / "supernet.pt", weights_only=True)["model"]
+    return (json.loads((d / "search.json").read_text())["history"], (d / "best_arch.txt").read_text(),
+            child, sup, json.loads((d / "results.json").read_text())["test_acc"])
+
+
+def assert_same_run(a, b):
+    """Two finished run folders hold the same search, architecture, weights and result."""
+    ha, aa, ca, sa, ta = state_of(a)
+    hb, ab, cb, sb, tb = state_of(b)
+    assert ha == hb and aa == ab and ta == tb
+    for k in ca:
+        assert torch.equal(ca[k], cb[k]), k
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

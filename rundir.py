@@ -1,0 +1,390 @@
+"""The run folder: which one (new, or resumed from its saved configuration), and everything written
+into it: config.json, log.txt, metrics.jsonl, checkpoints and model files, one-time warnings.
+
+    where = resolve(given)            # cfg validated, folder chosen; nothing written yet
+    run = Run.open(cfg, where, env)   # creates (or locks and tidies) the folder; rank 0 alone writes
+
+Every file is written through files.atomic_write (temp file, fsync, rename); checkpoints are
+serialised in memory first, so a full disk is an OSError of the write, which is reported as one
+line. A lock (flock on .lock) refuses a second process on the same folder. A Run that does not
+write (ranks other than 0 under torchrun, dist.py) logs, saves and writes nothing, so the stages
+call it without guards. A closed stdout (`train.py | head -1`) stops the printing, not the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import autosnn
+import dist
+from config import FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config
+from evolve import csv_text
+from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, remove_stale_temps
+
+CHECKPOINTS = {"supernet": "supernet.pt", "search": "search.pt", "retrain": "child.pt"}
+OLDER = "made by an older version of this project; rerun"
+RESUME_MAY_CHANGE = {"device", "threads", "compile", "log_every"}
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass
+class Where:
+    """The run folder a command line resolved to. rebuilt: the configuration when config.json had to be
+    rebuilt from a checkpoint (written once the folder is locked); supernet: a given --supernet's checkpoint."""
+    path: Path
+    new: bool
+    preset: str = ""
+    supernet: dict | None = None
+    rebuilt: dict | None = None
+
+
+def resolve(given: dict) -> tuple[Config, Where]:
+    """Options (a parsed command line) -> the validated configuration and its run folder. A resumed run
+    takes its configuration from the folder; a new one checks --supernet's checkpoint against the
+    options that define the super-network. Creates nothing."""
+    if "resume" in given:
+        run_dir = Path(given.pop("resume"))
+        saved, rebuilt = read_config(run_dir)
+        extra = set(given) - RESUME_MAY_CHANGE
+        if extra:
+            raise AutoSNNError(f"--resume takes its options from {run_dir}/config.json; drop "
+                               + ", ".join(flag(k) if k in FIELDS else "--" + k.replace("_", "-")
+                                           for k in sorted(extra)))
+        cfg = Config.from_flat({**saved, **given})
+        check_config(cfg)
+        return cfg, Where(run_dir, False, rebuilt=cfg.to_dict() if rebuilt else None)
+    supernet_ck = None
+    if given.get("supernet_path") and given.get("stage") in ("search", "retrain"):
+        supernet_ck = load_checkpoint(Path(given["supernet_path"]), "supernet")
+        saved = flat_config(supernet_ck["config"], given["supernet_path"])
+        for k in MODEL_KEYS:
+            if k in given and given[k] != saved[k]:
+                raise AutoSNNError(f"{flag(k)} {given[k]} does not match the super-network checkpoint "
+                                   f"{given['supernet_path']} ({k} = {saved[k]})")
+            given[k] = saved[k]
+    cfg, preset = make_config(given)
+    r = cfg.run
+    if r.stage == "search" and supernet_ck is None:
+        raise AutoSNNError("--stage search needs --supernet runs/<name>/supernet.pt")
+    if r.stage == "retrain" and not (cfg.retrain.arch or cfg.retrain.model):
+        raise AutoSNNError("--stage retrain needs --arch (an architecture string or a name such as AutoSNN) "
+                           "or --model (a hand-crafted baseline)")
+    if cfg.retrain.inherit and (r.stage != "retrain" or supernet_ck is None):
+        raise AutoSNNError("--inherit is for --stage retrain and needs --supernet runs/<name>/supernet.pt")
+    run_dir = check_out(r.out, r.name or f"{r.stage}-{r.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if run_dir.exists() or run_dir.is_symlink():
+        raise AutoSNNError(f"{run_dir} already exists; continue it with --resume {run_dir} or choose --name")
+    return cfg, Where(run_dir, True, preset, supernet_ck)
+
+
+def flat_config(sections, where) -> dict:
+    """A saved configuration ({section: {option: value}}) -> {option: value}, every option present with
+    the type of its default. Errors name `where`."""
+    if not isinstance(sections, dict) or not all(isinstance(sections.get(k), dict) for k, _ in SECTIONS):
+        raise AutoSNNError(f"{where} is not a run configuration (expected the sections "
+                           f"{', '.join(k for k, _ in SECTIONS)})")
+    flat = {k: v for key, _ in SECTIONS for k, v in sections[key].items()}
+    unknown, missing = sorted(set(flat) - set(FIELDS)), sorted(set(FIELDS) - set(flat))
+    if unknown or missing:
+        raise AutoSNNError(f"{where} " + (f"has unknown options {', '.join(unknown)}" if unknown else
+                                          f"lacks the options {', '.join(missing)}") + f": {OLDER}")
+    for k, v in flat.items():
+        want = type(FIELDS[k].default)
+        ok = v is None if FIELDS[k].default is None else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else isinstance(v, want))
+        if not ok and not (FIELDS[k].default is None and isinstance(v, bool)):
+            raise AutoSNNError(f"{where}: option {k} = {v!r} has the wrong type")
+    return flat
+
+
+def read_config(run_dir: Path) -> tuple[dict, bool]:
+    """The saved configuration of a run folder as a flat dict, and whether it had to come from a
+    checkpoint (config.json missing, damaged or incomplete; every checkpoint holds the config)."""
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise AutoSNNError(f"{run_dir} is not a run folder (no such folder)")
+    try:
+        if not path.is_file():
+            raise AutoSNNError(f"{run_dir} is not a run folder (no config.json in it)")
+        try:
+            saved = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AutoSNNError(f"{path} is not valid JSON ({e}); it is damaged") from None
+        except OSError as e:
+            raise AutoSNNError(f"{path} cannot be read ({e.strerror or e})") from None
+        return flat_config(saved, path), False
+    except AutoSNNError:
+        for kind, name in CHECKPOINTS.items():
+            if (run_dir / name).is_file():
+                return flat_config(load_checkpoint(run_dir / name, kind)["config"], run_dir / name), True
+        raise
+
+
+def load_checkpoint(path: Path, kind: str) -> dict:
+    """A checkpoint of `kind` (supernet, search, retrain), loaded with weights_only=True."""
+    path = Path(path)
+    if path.is_dir():
+        raise AutoSNNError(f"{path} is a folder; give the {CHECKPOINTS[kind]} inside it")
+    if not path.is_file():
+        raise AutoSNNError(f"checkpoint {path} not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:       # truncated, foreign, or pickled objects weights_only refuses
+        raise AutoSNNError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ck, dict) or "config" not in ck:
+        raise AutoSNNError(f"{path} is not a checkpoint of this project")
+    if "kind" not in ck:
+        raise AutoSNNError(f"{path} was {OLDER}")
+    if ck["kind"] != kind:
+        raise AutoSNNError(f"{path} is a {ck['kind']} checkpoint, not a {kind} one "
+                           f"(expected a {CHECKPOINTS[kind]})")
+    return ck
+
+
+def load_state(obj, state: dict, path: Path) -> None:
+    """load_state_dict with a file-naming error when the checkpoint belongs to another network."""
+    try:
+        obj.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise AutoSNNError(f"{path} does not fit this run's network ({first})") from None
+
+
+def load_supernet(cfg: Config, ck: dict, ds, device, where) -> autosnn.SpikingNetwork:
+    """The super-network of checkpoint `ck` (read from `where`), checked against this run's data."""
+    if ck["num_classes"] != ds.num_classes or tuple(ck["input_shape"]) != tuple(ds.input_shape):
+        raise AutoSNNError(f"the super-network checkpoint {where} has {ck['num_classes']} classes and input "
+                           f"{tuple(ck['input_shape'])}; this run needs {ds.num_classes} and "
+                           f"{tuple(ds.input_shape)}")
+    r = cfg.run
+    net = autosnn.SpikingNetwork(r.backbone, ds.num_classes, None, r.T, ds.input_shape, r.neuron, r.tau0, r.v_th)
+    load_state(net, ck["model"], where)
+    return net.to(device)
+
+
+def rng_states() -> dict:
+    """The global generators the project draws from: Python's and torch's CPU generator (weight
+    init). Data order, augmentation, path sampling and the search have their own generators, saved
+    beside this. Nothing draws from the CUDA generator, so its state is not saved."""
+    return {"random": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_states(s: dict) -> None:
+    random.setstate(s["random"])
+    torch.set_rng_state(s["torch"])
+
+
+class WriteError(AutoSNNError):
+    """A file of the run folder could not be written; the folder stays resumable."""
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Any failed write (full disk, read-only folder, a folder where a file should be): one line."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except AutoSNNError as e:               # files.atomic_write's own line (a full disk)
+        raise WriteError(str(e)) from None
+    except OSError as e:
+        why = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        raise WriteError(f"cannot write {path}: {why}") from None
+
+
+class Run:
+    """The run folder: log lines (stdout + log.txt), metrics.jsonl, atomic files, one-time warnings,
+    and the wall time of each stage. `writes` is False on ranks other than 0: they keep quiet."""
+
+    def __init__(self, path: Path, env: dict | None = None, started: str | None = None, writes: bool = True):
+        self.path, self.writes, self.warned, self.wall = Path(path), writes, set(), {}
+        self.env, self.started = env or {}, started or now()
+        self.printing, self._lock = True, None
+
+    @classmethod
+    def open(cls, cfg: Config, where: Where, device: torch.device) -> Run:
+        """Create the folder with its config.json in one step (new run), or lock and tidy it (resume)."""
+        env = environment(device)
+        run = cls(where.path, env, writes=dist.is_main())
+        if not run.writes:
+            return run
+        if where.new:
+            doc = {**cfg.to_dict(), "preset": where.preset, "environment": env, "started": run.started}
+            create_folder(where.path, {"config.json": json.dumps(doc, indent=1)})
+        run.lock()
+        if where.rebuilt is not None:
+            run.write_text(where.path / "config.json", json.dumps({**where.rebuilt, "rebuilt": now()}, indent=1))
+            run.log(f"config.json was missing, damaged or incomplete: rebuilt from the checkpoints")
+        elif not where.new:
+            run.warn_threads()
+        remove_stale_temps(where.path)
+        return run
+
+    def lock(self) -> None:
+        """Hold .lock (flock) until close(): a second process on this folder stops with one line."""
+        import fcntl
+        path = self.path / ".lock"
+        with writing(path):
+            f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise AutoSNNError(f"{self.path} is in use by another process (pid {pid}); wait for it to "
+                               f"finish, or stop it") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()          # releases the flock
+            self._lock = None
+
+    def warn_threads(self) -> None:
+        """On a CPU, a resume continues bit-identically only with the thread count the run began with."""
+        try:
+            before = json.loads((self.path / "config.json").read_text())["environment"]["threads"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if before != torch.get_num_threads() and self.env.get("device") == "cpu":
+            self.warn("threads", f"this run began with {before} threads and continues with "
+                                 f"{torch.get_num_threads()}: results will differ in the last bits from an "
+                                 f"uninterrupted run (--threads {before} keeps them identical)")
+
+    def _append(self, name: str, text: str) -> None:
+        """Appends are not atomic: a kill can leave a partial last line, which cut_metrics drops."""
+        with writing(self.path / name), open(self.path / name, "a") as f:
+            f.write(text)
+
+    def log(self, msg: str) -> None:
+        if not self.writes:
+            return
+        self._append("log.txt", msg + "\n")
+        if self.printing:
+            try:
+                print(msg, flush=True)
+            except (OSError, ValueError):     # stdout closed: keep training, stop printing
+                self.printing = False
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit
+
+    def warn(self, key, msg: str) -> None:
+        """Log `msg` the first time `key` is seen in this process."""
+        if key not in self.warned:
+            self.warned.add(key)
+            self.log("warning: " + msg)
+
+    def metrics(self, **row) -> None:
+        if self.writes:
+            self._append("metrics.jsonl", json.dumps({"time": now(), **row}) + "\n")
+
+    def cut_metrics(self, stage: str, key: str, upto: int) -> None:
+        """Drop rows of `stage` past the checkpoint (row[key] > upto) and any partial line: a kill
+        between a row's append and its checkpoint's save must not leave that row twice."""
+        path = self.path / "metrics.jsonl"
+        if not self.writes or not path.exists():
+            return
+        with writing(path):
+            lines = path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not (isinstance(row, dict) and row.get("stage") == stage and row.get(key, 0) > upto):
+                keep.append(line)
+        if keep != lines:
+            self.write_text(path, "".join(x + "\n" for x in keep))
+
+    def write_text(self, path: Path, text: str) -> None:
+        if self.writes:
+            with writing(path):
+                atomic_write_text(path, text)
+
+    def write_table(self, stem: str, rows: list[dict], head: str, tail: list[str]) -> str:
+        """rows as stem.csv and as a Markdown table in stem.md between `head` and the `tail` lines.
+        Returns the Markdown."""
+        keys = list(rows[0])
+        self.write_text(self.path / f"{stem}.csv", csv_text(keys, rows))
+        fmt = {"test_acc": "{:.4f}", "spikes": "{:.0f}", "neuron_spikes": "{:.0f}", "params": "{:,}",
+               "energy_uj": "{:.2f}", "ann_energy_uj": "{:.2f}"}
+        md = [head, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        md += ["| " + " | ".join(fmt.get(k, "{}").format(x[k]) if x[k] is not None else "-" for k in keys) + " |"
+               for x in rows]
+        md = "\n".join(md + [""] + tail)
+        self.write_text(self.path / f"{stem}.md", md + "\n")
+        return md
+
+    def save(self, obj, name: str) -> None:
+        """A checkpoint, serialised in memory, then written atomically: a crash never leaves half of
+        one, and a full disk is the write's OSError (torch's own writer would hide it)."""
+        if self.writes:
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            with writing(self.path / name):
+                atomic_write(self.path / name, lambda f: f.write(buf.getbuffer()))
+
+    def save_network(self, net, name: str) -> None:
+        """The weights-only model file (autosnn.save_model) that SpikingNetwork.load reads."""
+        if self.writes:
+            with writing(self.path / name):
+                autosnn.save_model(net, self.path / name)
+
+    def sub(self, name: str) -> Run:
+        """A run folder inside this one (the study's variants), sharing warnings and environment."""
+        sub = Run(self.path / name, self.env, self.started, self.writes)
+        if self.writes:
+            with writing(sub.path):
+                sub.path.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(sub.path)
+        sub.warned, sub.printing = self.warned, self.printing
+        return sub
+
+
+def environment(device: torch.device) -> dict:
+    """What produced the run: versions, git commit of this code, the resolved device, CPU threads."""
+    commit = None
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        if res.returncode == 0:
+            commit = res.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            commit += "-dirty" if dirty else ""      # uncommitted changes: the commit alone is not the code
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+        except OSError:
+            pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "git_commit": commit, "device": str(device), "device_name": name, "host": platform.node(),
+            "threads": torch.get_num_threads()}
