@@ -52,7 +52,7 @@ from bench_original import beside_original, original_table
 from evolve import Search, SearchConfig, evaluate_pool
 from measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, reset_peak, sync, timed
 from search_space import resolve_arch, sample_arch
-from train import tune_cpu_allocator
+from config import tune_cpu_allocator
 
 
 def saved_mib(net, x, arch) -> float:

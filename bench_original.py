@@ -18,7 +18,7 @@ from autosnn import Neuron, SpikingNetwork, compile_network, rate_loss
 from evolve import evaluate_pool
 from measure import VAL_IMAGES, evolution_pool, inputs, sync
 from search_space import resolve_arch, sample_arch
-from train import tune_cpu_allocator
+from config import tune_cpu_allocator
 
 
 def original_side(path, site, backbone, T, device):

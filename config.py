@@ -26,7 +26,7 @@ from autosnn import NEURONS
 from baselines import BASELINES
 from data import DATASETS
 from evolve import SearchConfig
-from files import TEMP_MARK, AutoSNNError, Parser
+from files import AutoSNNError, Parser, check_name
 from search_space import check_candidate, get_backbone, resolve_arch
 
 STAGES = ("all", "supernet", "search", "retrain", "study")
@@ -258,7 +258,6 @@ def check_config(cfg: Config) -> None:
     need(sn.supernet_lr > 0, "supernet_lr", "> 0")
     need(rc.retrain_lr > 0, "retrain_lr", "> 0")
     need(0 < sn.train_portion < 1, "train_portion", "in (0, 1)")
-    need(se.lam <= 0, "lam", "<= 0")
     need(se.spike_norm >= 0, "spike_norm", ">= 0 (0: the super-network's last-epoch mean)")
     need(r.amp in AMP, "amp", " or ".join(AMP))
     user_error(se.check)
@@ -323,15 +322,7 @@ def check_out(out: str, name: str) -> Path:
         raise AutoSNNError(f"--out {out}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise AutoSNNError(f"--out {out}: {probe} is not writable")
-    try:
-        limit = os.pathconf(probe, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    longest = len(f".{name}{TEMP_MARK}{2**22}".encode())       # files.create_folder's temporary name
-    if longest > limit:
-        raise AutoSNNError(f"--name is {len(name.encode())} bytes; this filesystem takes names of {limit} bytes "
-                           f"and the run folder's temporary name adds {longest - len(name.encode())}: "
-                           f"use at most {limit - longest + len(name.encode())}")
+    check_name(probe, name, "--name")      # with the temporary suffix the writer adds
     try:                        # /proc, /sys: writable to root by their mode, yet they take no folder
         os.rmdir(tempfile.mkdtemp(prefix=".autosnn-probe", dir=probe))
     except OSError as e:

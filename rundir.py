@@ -230,7 +230,7 @@ class Run:
         run.lock()
         if where.rebuilt is not None:
             run.write_text(where.path / "config.json", json.dumps({**where.rebuilt, "rebuilt": now()}, indent=1))
-            run.log(f"config.json was missing, damaged or incomplete: rebuilt from the checkpoints")
+            run.log("config.json was missing, damaged or incomplete: rebuilt from the checkpoints")
         elif not where.new:
             run.warn_threads()
         remove_stale_temps(where.path)

@@ -134,6 +134,12 @@ def fanout(conv: nn.Conv2d, size: tuple) -> torch.Tensor:
 E_AC, E_MAC = 0.9, 4.6
 
 
+def silent_layers(per_layer: dict) -> list:
+    """The names whose count is zero: layers that emitted no spike at all. The one rule, used for a
+    forward's statistics (SpikeStats.silent_layers) and for an epoch's sums alike."""
+    return [n for n, c in per_layer.items() if c == 0]
+
+
 @dataclass
 class SpikeStats:
     """Spike counts (and synaptic operations) of one forward, or several added with +.
@@ -178,7 +184,7 @@ class SpikeStats:
     @property
     def neuron_spikes(self) -> torch.Tensor:
         """Spikes per image summed over T, neuron outputs only (no max-pool re-count)."""
-        mask = torch.tensor([k == "neuron" for k in self.kinds], device=self.counts.device)
+        mask = torch.tensor([k == "neuron" for k in self.kinds], dtype=torch.bool, device=self.counts.device)
         return self.counts[mask].sum() / self.batch
 
     @property
@@ -203,7 +209,7 @@ class SpikeStats:
     def silent_layers(self) -> list:
         """Names of the layers that emitted no spike at all (one host sync). A silent layer silences
         everything after it: e.g. PLIF after an average pool of spikes at v_th = 1 (see README)."""
-        return [n for n, c in zip(self.names, self.counts.tolist()) if c == 0]
+        return silent_layers(dict(zip(self.names, self.counts.tolist())))
 
     def summary(self) -> dict:
         """The properties above as plain Python numbers, for logs and JSON (one host sync)."""

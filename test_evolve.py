@@ -2,6 +2,7 @@
 chance-accuracy warnings, configuration checks, rerank/export errors, durable plots.
 No training: histories come from a made-up evaluator or a tiny silent super-network."""
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -10,11 +11,11 @@ import shlex
 import pytest
 import torch
 
+import config
 import evolve
 import files
 import plots
 import search_space
-import train
 from autosnn import SpikingNetwork
 from evolve import Search, SearchConfig, at_chance, run_search, write_history
 from files import AutoSNNError, atomic_write_text
@@ -39,7 +40,7 @@ def finished_run(tmp_path, iterations=3):
     """A run folder as train.py leaves it after a search: config.json, search.json, pareto.csv, best_arch.txt."""
     d = tmp_path / "run"
     d.mkdir()
-    cfg = train.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64,
+    cfg = config.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64,
                                   "data_root": "my data"})
     atomic_write_text(d / "config.json", json.dumps(cfg.to_dict()))
     s = make_search(iterations=iterations)
@@ -187,9 +188,9 @@ def test_fitness_rejects_nan_lambda_and_bad_normaliser():
 
 
 def test_search_algo_option_replaces_search():
-    p = train.build_parser()
+    p = config.build_parser()
     assert vars(p.parse_args(["--search-algo", "random"]))["search_algo"] == "random"
-    assert "search" not in {f.name for f in train.fields(SearchConfig)}
+    assert "search" not in {f.name for f in dataclasses.fields(SearchConfig)}
 
 
 def test_search_space_errors_are_autosnn_errors():
@@ -257,7 +258,7 @@ def test_export_prints_arch_and_a_retrain_command_train_accepts(tmp_path, capsys
     assert f"generation {best['generation']}," in out and f"val acc {best['acc']:.4f}" in out
     cmd = shlex.split(out.splitlines()[-1])
     assert cmd[:2] == ["python", "train.py"]
-    cfg, _ = train.make_config(vars(train.build_parser().parse_args(cmd[2:])))
+    cfg, _ = config.make_config(vars(config.build_parser().parse_args(cmd[2:])))
     assert cfg.run.stage == "retrain" and cfg.retrain.arch == best["arch"]
     assert (cfg.run.dataset, cfg.run.backbone, cfg.run.T, cfg.run.n_train) == ("synthetic", "AutoSNN_16", 2, 64)
     assert cfg.run.data_root == "my data" and "--n-test" not in cmd    # 0 (unset) is left out

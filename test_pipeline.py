@@ -1,8 +1,6 @@
-"""Tests of the search (evolve.py) and the command-line pipeline (train.py) on synthetic data."""
+"""Tests of the command-line pipeline (train.py) on synthetic data; the search itself is tested in test_evolve.py and test_pareto.py."""
 import json
-import math
 import os
-import random
 
 import pytest
 import torch
@@ -13,133 +11,11 @@ import files
 import train
 import autosnn
 from autosnn import SpikingNetwork
-from evolve import Search, SearchConfig, evaluate_pool, fitness, pareto_front, rerank
-from conftest import TINY, TINY1, fake_eval, run_cli
-from search_space import AUTOSNN, get_backbone, parse_arch, sample_arch
+from conftest import TINY, TINY1, run_cli
+from evolve import fitness
+from search_space import AUTOSNN
 
 pytestmark = pytest.mark.usefixtures("plotless")
-
-
-# ---------------------------------------------------------------------------------------------
-# Fitness and search mechanics
-# ---------------------------------------------------------------------------------------------
-
-def test_fitness_values():
-    assert fitness(0.9, 5000, 1000, 0.0) == 0.9
-    # (2000/1000)^-0.08 = exp(-0.08 ln 2)
-    assert fitness(0.5, 2000, 1000, -0.08) == pytest.approx(0.5 * math.exp(-0.08 * math.log(2)))
-    assert fitness(0.5, 1000, 1000, -0.24) == pytest.approx(0.5)
-    assert fitness(0.5, 500, 1000, -0.16) > 0.5 > fitness(0.5, 1500, 1000, -0.16)
-    assert fitness(0.1, 0, 1000, -0.08) == 0.0
-    with pytest.raises(ValueError, match="lambda"):
-        fitness(0.5, 100, 100, 0.1)
-
-
-def test_more_negative_lambda_never_picks_more_spikes():
-    rng = random.Random(0)
-    for _ in range(200):
-        history = [{"arch": str(i), "acc": rng.uniform(0.1, 0.95), "spikes": rng.uniform(1e4, 3e5)}
-                   for i in range(30)]
-        picks = [rerank(history, lam, 1e5, top=1)[0] for lam in (0.0, -0.08, -0.16, -0.24, -0.5)]
-        spikes = [p["spikes"] for p in picks]
-        assert all(a >= b for a, b in zip(spikes, spikes[1:]))
-        assert picks[0]["acc"] == max(h["acc"] for h in history)
-
-
-def make_search(**kw):
-    cfg = SearchConfig(**{"iterations": 4, "pool": 10, "topk": 5, "mutations": 5, "crossovers": 3, **kw})
-    return Search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(1))
-
-
-def test_mutation_probability_and_validity():
-    s = make_search(mutation_prob=0.2)
-    parent = AUTOSNN
-    changed = []
-    for _ in range(4000):
-        child = s.mutate(parent)
-        parse_arch(str(child))
-        changed.append(sum(a != b for a, b in zip(child, parent)))
-    assert sum(changed) / len(changed) == pytest.approx(5 * 0.2, abs=0.06)     # binomial(5, 0.2) mean
-    assert changed.count(0) / len(changed) == pytest.approx(0.8 ** 5, abs=0.03)
-
-
-def test_crossover_is_one_point():
-    s = make_search()
-    p1, p2 = parse_arch(["SCB_k3"] * 5), parse_arch(["SRB_k5"] * 5)
-    cuts = set()
-    for _ in range(400):
-        c = s.crossover(p1, p2)
-        k = c.count("SCB_k3")
-        assert c == tuple(["SCB_k3"] * k + ["SRB_k5"] * (5 - k))
-        cuts.add(k)
-    assert cuts == {1, 2, 3, 4}
-
-
-def test_evolution_proposes_unseen_valid_architectures():
-    s = make_search()
-    seen = set()
-    while not s.done:
-        pool = s.propose()
-        strs = [str(a) for a in pool]
-        assert len(pool) == 10 and len(set(strs)) == 10 and not seen & set(strs)
-        for a in pool:
-            parse_arch(str(a))
-        seen |= set(strs)
-        s.tell(pool, fake_eval(pool))
-    assert len(s.history) == 40
-    assert s.topk()[0]["fitness"] == max(h["fitness"] for h in s.history)
-    # later generations contain children of the top-k: with p=0.2 mutants share most positions
-    gen2 = [h["arch"].split("-") for h in s.history if h["generation"] == 2]
-    parents = [h["arch"].split("-") for h in s.history if h["generation"] == 1]
-    close = [a for a in gen2 if any(sum(x != y for x, y in zip(a, p)) <= 2 for p in parents)]
-    assert len(close) >= 5
-
-
-def test_random_search_same_budget():
-    s = make_search(search_algo="random")
-    evolve.run_search(s, fake_eval, log=lambda m: None)
-    assert len(s.history) == 40 and len({h["arch"] for h in s.history}) == 40
-
-
-def test_search_state_roundtrip_continues_identically():
-    a, b = make_search(), make_search()
-    for _ in range(2):
-        pool = a.propose()
-        a.tell(pool, fake_eval(pool))
-    b.load_state_dict(json.loads(json.dumps(a.state_dict(), default=list)) | {"rng": a.rng.getstate()})
-    for s in (a, b):
-        evolve.run_search(s, fake_eval, log=lambda m: None)
-    assert a.history == b.history
-
-
-def test_small_space_exhausts_cleanly():
-    bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))      # 2^5 = 32 archs
-    s = Search(bb, SearchConfig(iterations=10, pool=10, topk=3, mutations=3, crossovers=3), 1e5, random.Random(0))
-    evolve.run_search(s, fake_eval, log=lambda m: None)
-    assert len(s.history) == len({h["arch"] for h in s.history}) == 32
-
-
-def test_pareto_front():
-    h = [{"arch": "a", "acc": 0.9, "spikes": 100}, {"arch": "b", "acc": 0.8, "spikes": 50},
-         {"arch": "c", "acc": 0.7, "spikes": 60}, {"arch": "d", "acc": 0.9, "spikes": 120}]
-    assert [r["arch"] for r in pareto_front(h)] == ["b", "a"]
-
-
-def test_prefix_shared_pool_equals_one_by_one():
-    torch.manual_seed(0)
-    net = SpikingNetwork("SNN_1_4", num_classes=4, T=2, v_th=0.5)
-    x, y = torch.randn(12, 3, 32, 32) * 2, torch.randint(0, 4, (12,))
-    for _ in range(2):
-        net(x, AUTOSNN)                                  # non-trivial BN statistics
-    rng = random.Random(3)
-    archs = [sample_arch(net.backbone, rng) for _ in range(10)] + [AUTOSNN]
-    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
-    together = evaluate_pool(net, archs, batches)
-    for a, r in zip(archs, together):
-        alone = evaluate_pool(net, [a], batches)[0]
-        assert alone["acc"] == r["acc"] and alone["spikes"] == r["spikes"]
-        assert alone["neuron_spikes"] == r["neuron_spikes"] and alone["per_layer"] == r["per_layer"]
-    assert len({r["spikes"] for r in together}) > 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +108,7 @@ def test_ann_mode_and_bn_recalibration(tmp_path):
     (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5"], "2 blocks"),
     (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5-skip-SRB_k3-SRB_k5"], "bad block 'skip'"),
     (["--stage", "search"], "needs --supernet"),
-    (["--lam", "0.1"], "--lam must be <= 0"),
+    (["--lam", "0.1"], "lambda must be <= 0"),
     (["--T", "0"], "--T must be"),
 ])
 def test_bad_options(tmp_path, capsys, extra, words):

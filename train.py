@@ -40,11 +40,15 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from baselines import HandcraftedSNN
     from config import Config, Env, build_parser, user_error
     from data import load_dataset
-    from evolve import Search, evaluate_archs, evaluate_model, plot_run, run_search, write_history
+    from evaluation import evaluate_archs, evaluate_model
+    from evolve import Search, run_search
     from files import AutoSNNError, progress
+    from pareto import write_history
+    from plots import plot_run
     from rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
                         rng_states, set_rng_states)
     from search_space import get_backbone, resolve_arch, sample_arch
+    from spikes import silent_layers
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
     raise SystemExit(130) from None
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
             arch = search_stage(cfg, ds, run, env, *supernet)
         if stage in ("all", "retrain"):
             retrain_stage(cfg, ds, run, env, arch, *supernet)
-        finish(run, stage)
+        finish(run, stage, baseline=bool(cfg.retrain.model))
     except AutoSNNError as e:                  # a user's mistake, divergence, or a failed write: one line
         again = isinstance(e, WriteError) and run is not None
         print(f"error: {e}" + (f"; continue with --resume {run.path}" if again else ""), file=sys.stderr)
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
     finally:
         if run is not None:
             run.close()
-        # dist.shutdown() here
+        dist.shutdown()     # leave the process group, SIGTERM ignored from here on (no-op in one process)
     return 0
 
 
@@ -115,7 +119,7 @@ def load_data(cfg: Config, env: Env):
     r = cfg.run
     try:
         ds = load_dataset(r.dataset, r.data_root, r.download, r.T, r.split_by, r.n_train or None,
-                          r.n_test or None, cutout=r.cutout)
+                          r.n_test or None, cutout=r.cutout, log=lambda m: print(m, file=sys.stderr))
     except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError) as e:   # missing files or extras
         raise AutoSNNError(str(e)) from None
     side = min(ds.input_shape[-2:])
@@ -222,10 +226,6 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
     return {"loss": loss_sum / n, "acc": correct / n, "spikes": spikes / n,
             "img_per_s": n / (time.time() - start), "layers": layers, "classifier": classifier,
             "classifier_rate": rate}
-
-
-def silent_layers(per_layer: dict) -> list:
-    return [n for n, c in per_layer.items() if c == 0]
 
 
 def warn_silent(run: Run, per_layer: dict, when: str, classifier=None) -> None:
@@ -402,16 +402,17 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
 
     if not search.done:
         run.log(f"search: {sc.search_algo} on D_val ({len(d_val)} images), lambda {sc.lam}, "
-                f"spike_norm {spike_norm:.0f}, {sc.iterations} x {sc.pool}")
+                f"spike_norm {spike_norm:.0f}, {sc.iterations} x {sc.pool}"
+                + (f", objectives {sc.objectives}, pick {sc.pick}" if sc.search_algo == "pareto" else ""))
         run_search(search, dist.split_pool(evaluate), checkpoint, run.log, num_classes=ds.num_classes,
                    val_images=len(d_val))
     else:
         write_history(run.path, search, run.write_text)      # rebuilds a damaged search.json from search.pt
-    best = search.best()
+    best = search.chosen()                   # the fittest, or the --pick rule's choice from the front
     run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
     run.wall["search"] = wall
-    run.log(f"best architecture: {best['arch']} (val acc {best['acc']:.4f}, spikes {best['spikes']:.0f}, "
-            f"fitness {best['fitness']:.4f})")
+    run.log(f"chosen architecture (--pick {sc.pick}): {best['arch']} (val acc {best['acc']:.4f}, "
+            f"spikes {best['spikes']:.0f}, fitness {best['fitness']:.4f})")
     return best["arch"]
 
 
@@ -445,7 +446,7 @@ def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: d
     ck, final = fit(cfg, run, env, net, optimizer, "retrain", ds.split("train"), rc.retrain_epochs, r.seed + 1,
                     label, scheduler=scheduler, evaluate=test_eval, every=rc.eval_every)
     run.save_network(net, "model.pt")
-    silent = silent_layers(final["per_layer"])
+    silent = final["silent_layers"]
     results = {"model": rc.model or "autosnn", "arch": None if rc.model else str(net.arch),
                "backbone": None if rc.model else r.backbone, "dataset": ds.name, "T": r.T,
                "epochs": rc.retrain_epochs, "test_acc": final["acc"], "spikes": final["spikes"],
@@ -492,7 +493,7 @@ def study_stage(cfg: Config, ds, run: Run, env: Env) -> list[dict]:
     return rows
 
 
-def finish(run: Run, stage: str) -> None:
+def finish(run: Run, stage: str, baseline: bool = False) -> None:
     """The plots, and how to load the result."""
     if run.writes and stage != "study":
         plot_run(run.path, run.log)
@@ -501,7 +502,9 @@ def finish(run: Run, stage: str) -> None:
     model_file = {"supernet": "supernet_model.pt", "all": "model.pt", "retrain": "model.pt"}.get(stage)
     if model_file and (run.path / model_file).is_file():
         extra = ", supernet=True" if model_file.startswith("supernet") else ""
-        run.log(f'load it: from autosnn import SpikingNetwork; net = SpikingNetwork.load("{run.path}"{extra})')
+        how = ("import baselines; net = baselines.load_model" if baseline and not extra
+               else "from autosnn import SpikingNetwork; net = SpikingNetwork.load")
+        run.log(f'load it: {how}("{run.path}"{extra})')
 
 
 if __name__ == "__main__":
