@@ -14,7 +14,7 @@ layer runs its own loop over T and keeps no state between calls.
     >>> save_model(net, "model.pt"); net = SpikingNetwork.load("model.pt")          # eval mode
 
 Neurons (sec. 3.1: PLIF, LIF, IF, the surrogate, their loops over T) live in neurons.py, the layers
-and candidate blocks (sec. 3.2: SCB, SRB, skip) in blocks.py, spike counting and statistics (sec. 3.4: Trace, SpikeStats, the energy estimate) in spikes.py; their names
+and candidate blocks (sec. 3.2: SCB, SRB, skip) in layers.py, spike counting and statistics (sec. 3.4: Trace, SpikeStats, the energy estimate) in spikes.py; their names
 are importable from here too. The blocks are plain modules (`forward(x)`); spikes and synaptic
 operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from blocks import (SCB, SRB, AvgPoolNeuron, Choice, Conv, ConvBN, FactorizedReduce,  # noqa: F401
+from layers import (SCB, SRB, AvgPoolNeuron, Choice, Conv, ConvBN, FactorizedReduce,  # noqa: F401
                     GlobalPoolNeuron, MaxPool, Skip, TimeBatchNorm, fold, make_block)
 from files import AutoSNNError, atomic_write
 from neurons import (NEURONS, CompiledLoops, Neuron, SpikeFn, _float32_at_least, atan_surrogate,  # noqa: F401

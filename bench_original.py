@@ -30,6 +30,10 @@ def original_side(path, site, backbone, T, device):
     if not (root / "space.py").is_file() or not (root / "train_supernet").is_dir():
         raise ValueError(f"--original {path}: not a checkout of the original AutoSNN code (no space.py, "
                          "train_supernet/)")
+    for name in (p.stem for p in root.glob("*.py")):     # its top-level modules must be its own
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where is not None and Path(where).resolve().parent != root:
+            raise ValueError(f"--original {path}: its module {name!r} is already imported from {where}")
     for p in ([str(Path(site).expanduser().resolve())] if site else []) + [str(root)]:
         sys.path.insert(0, p)
     if not torch.cuda.is_available():          # the original calls .cuda() in places: a no-op on CPU

@@ -1,5 +1,6 @@
 """Helpers shared by the test files: tiny command lines, running train.main with its exit code and
-stderr, a fixture that skips the plots, a made-up evaluator for the search, and comparing two runs."""
+stderr, a fixture that skips the plots, a made-up evaluator for the search, comparing two runs,
+counting host syncs, and parameters without the PLIF scalars."""
 import json
 from dataclasses import dataclass
 
@@ -82,3 +83,53 @@ def assert_same_run(a, b):
         assert torch.equal(ca[k], cb[k]), k
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+HOST_SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__")
+
+
+def count_host_syncs(monkeypatch) -> list:
+    """From now on, record every call that would make the host wait for a CUDA device: Tensor.item, .cpu,
+    .tolist, .numpy, Python bool/int/float of a tensor, torch.tensor(..., device=...). Returns the list of
+    call names (in any thread), which the caller may clear."""
+    calls = []
+    for name in HOST_SYNCS:
+        def counted(self, *args, _orig=getattr(torch.Tensor, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _orig(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    make = torch.tensor
+
+    def tensor(*args, **kwargs):
+        if kwargs.get("device") is not None:
+            calls.append("torch.tensor(device=...)")
+        return make(*args, **kwargs)
+    monkeypatch.setattr(torch, "tensor", tensor)
+    return calls
+
+
+def count_syncs(monkeypatch, fn) -> int:
+    """How many host syncs fn() makes (count_host_syncs while it runs)."""
+    calls = count_host_syncs(monkeypatch)
+    fn()
+    monkeypatch.undo()
+    return len(calls)
+
+
+def cuda_epoch_without_sync(split, batch_size: int, seed: int) -> tuple[list, list]:
+    """(CPU batches, CUDA batches) of one shuffled epoch of `split`. Every CUDA batch after the first (which
+    copies the samples to the card) runs under sync debug mode "error", so a host sync raises."""
+    it = split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device="cuda")
+    first = next(it)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(it)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu = list(split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+    return cpu, [first] + rest
+
+
+def plif_free(net) -> int:
+    """Parameters without the PLIF scalars w (one per neuron layer): the original's counts."""
+    return sum(p.numel() for n, p in net.named_parameters() if not n.endswith(".w"))

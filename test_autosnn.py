@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from autosnn import (Conv, MaxPool, Neuron, SpikeFn, SpikingNetwork, TimeBatchNorm, Trace, atan_surrogate,
                      count_parameters, predict, rate_loss, recording)
+from conftest import plif_free
 from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout,
                           get_backbone, parse_arch, resolve_arch, sample_arch)
 
@@ -280,9 +281,6 @@ def test_other_input_errors():
 # ---------------------------------------------------------------------------------------------
 # Network sizes (computed from the original code, plus one PLIF scalar per neuron layer)
 # ---------------------------------------------------------------------------------------------
-
-def plif_free(net):
-    return count_parameters(net) - sum(p.numel() for n, p in net.named_parameters() if n.endswith(".w"))
 
 
 def test_exact_parameter_counts():
@@ -816,13 +814,13 @@ def autosnn_save(net, path):
 
 
 def test_core_files_copy_out_as_a_closed_set():
-    """autosnn.py, blocks.py, neurons.py, spikes.py, search_space.py and files.py import only each other, the
+    """autosnn.py, layers.py, neurons.py, spikes.py, search_space.py and files.py import only each other, the
     standard library, numpy and torch (anywhere in the file, lazy imports included): copied into
     another project, loading a saved network cannot fail with a ModuleNotFoundError."""
     import ast
     import sys
     from pathlib import Path
-    core = {"autosnn", "blocks", "neurons", "spikes", "search_space", "files"}
+    core = {"autosnn", "layers", "neurons", "spikes", "search_space", "files"}
     allowed = core | set(sys.stdlib_module_names) | {"numpy", "torch"}
     for name in core:
         tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text())

@@ -10,11 +10,8 @@ import evolve
 import train
 from autosnn import rate_loss
 from baselines import BASELINES, HandcraftedSNN
-from test_pipeline import TINY
+from conftest import TINY, plif_free
 
-
-def plif_free(net):
-    return sum(p.numel() for n, p in net.named_parameters() if not n.endswith(".w"))
 
 
 # Parameter counts of the original code's factory defaults, PLIF scalars excluded (10 and 100 classes)

@@ -9,6 +9,7 @@ import torch
 
 import data
 from data import load_dataset
+from conftest import count_host_syncs, cuda_epoch_without_sync
 from files import AutoSNNError
 
 # ---------------------------------------------------------------------------------------------- options, constants
@@ -204,29 +205,6 @@ def test_synthetic_dvs_events():
 
 # ---------------------------------------------------------------------------------------------- pipeline
 
-HOST_SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__")
-
-
-def count_host_syncs(monkeypatch) -> list:
-    """From now on, record every call that would make the host wait for a CUDA device: Tensor.item, .cpu,
-    .tolist, .numpy, Python bool/int/float of a tensor, torch.tensor(..., device=...). Returns the list of
-    call names (in any thread), which the caller may clear."""
-    calls = []
-    for name in HOST_SYNCS:
-        def counted(self, *args, _orig=getattr(torch.Tensor, name), _name=name, **kwargs):
-            calls.append(_name)
-            return _orig(self, *args, **kwargs)
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    make = torch.tensor
-
-    def tensor(*args, **kwargs):
-        if kwargs.get("device") is not None:
-            calls.append("torch.tensor(device=...)")
-        return make(*args, **kwargs)
-    monkeypatch.setattr(torch, "tensor", tensor)
-    return calls
-
-
 def test_the_sync_counter_counts(monkeypatch):
     calls = count_host_syncs(monkeypatch)
     x = torch.ones(3)
@@ -256,20 +234,6 @@ def test_constants_and_samples_are_copied_once_per_device():
     assert on.images is train.images and on.mean.shape == (1, 3, 1, 1)      # on the CPU: no copy at all
     part, rest = ds.search_split(0.5)
     assert part._copies == {} and part._copies is not train._copies        # a subset has its own samples
-
-
-def cuda_epoch_without_sync(split, batch_size: int, seed: int) -> tuple[list, list]:
-    """(CPU batches, CUDA batches) of one shuffled epoch of `split`. Every CUDA batch after the first (which
-    copies the samples to the card) runs under sync debug mode "error", so a host sync raises."""
-    it = split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device="cuda")
-    first = next(it)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        rest = list(it)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    cpu = list(split.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)))
-    return cpu, [first] + rest
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

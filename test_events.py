@@ -16,7 +16,7 @@ import events
 import formats
 from data import load_dataset
 from files import AutoSNNError
-from test_data import count_host_syncs, cuda_epoch_without_sync
+from conftest import count_host_syncs, cuda_epoch_without_sync
 
 # ---------------------------------------------------------------------------------------------- writers
 

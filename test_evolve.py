@@ -17,18 +17,10 @@ import files
 import plots
 import search_space
 from autosnn import SpikingNetwork
+from conftest import count_syncs, fake_eval
 from evolve import Search, SearchConfig, at_chance, run_search, write_history
 from files import AutoSNNError, atomic_write_text
 from search_space import get_backbone, parse_arch
-
-
-def fake_eval(archs):
-    """Deterministic made-up accuracy and spikes from the architecture string (a healthy spread)."""
-    out = []
-    for a in archs:
-        h = sum(ord(c) * (i + 1) for i, c in enumerate(str(a)))
-        out.append({"acc": 0.3 + (h % 97) / 200, "spikes": 5e4 + (h % 89) * 1e3, "neuron_spikes": 4e4})
-    return out
 
 
 def make_search(**kw):
@@ -368,21 +360,6 @@ def test_evaluation_runs_in_eval_mode_and_matches_the_plain_forward():
     assert len({w[1] for w in want}) == len(archs)          # the architectures really differ
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert "silent_layers" in alone[0] and all(alone[0]["per_layer"][n] == 0 for n in alone[0]["silent_layers"])
-
-
-def count_syncs(monkeypatch, fn):
-    """Calls of host-syncing tensor methods while fn() runs."""
-    calls = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        real = getattr(torch.Tensor, name)
-
-        def counting(self, *a, _real=real, **k):
-            calls["n"] += 1
-            return _real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    fn()
-    monkeypatch.undo()
-    return calls["n"]
 
 
 def test_recalibrate_bn_reads_nothing_back_and_averages_cumulatively(monkeypatch):

@@ -151,7 +151,7 @@ def test_train_cli_gets_the_new_options():
 # The pareto search
 # ---------------------------------------------------------------------------------------------
 
-def fake_eval(archs):
+def tradeoff_eval(archs):
     """Made-up accuracy, spikes and sops from the architecture string: a real trade-off (more SRB
     blocks, more accuracy and more spikes) plus a deterministic spread."""
     out = []
@@ -172,7 +172,7 @@ def pareto_search(seed=1, **kw):
 def test_pareto_search_is_seeded_and_resumes_bit_identically():
     a, b = pareto_search(), pareto_search()
     for s in (a, b):
-        run_search(s, fake_eval, log=lambda m: None)
+        run_search(s, tradeoff_eval, log=lambda m: None)
     assert a.history == b.history and len(a.history) == 40 and len({r["arch"] for r in a.history}) == 40
     assert a.rng.getstate() == b.rng.getstate()
     assert pareto_search(seed=2).propose() != pareto_search(seed=1).propose()
@@ -180,12 +180,12 @@ def test_pareto_search_is_seeded_and_resumes_bit_identically():
     c = pareto_search()
     for _ in range(2):
         pool = c.propose()
-        c.tell(pool, fake_eval(pool))
+        c.tell(pool, tradeoff_eval(pool))
     d = pareto_search(seed=12345)
     state = json.loads(json.dumps(c.state_dict()))
     state["rng"] = c.rng.getstate()          # tuples: torch.save keeps them, JSON would not
     d.load_state_dict(state)
-    run_search(d, fake_eval, log=lambda m: None)
+    run_search(d, tradeoff_eval, log=lambda m: None)
     assert d.history == a.history and pareto_front(d.history) == pareto_front(a.history)
     assert d.chosen() == a.chosen()
 
@@ -198,7 +198,7 @@ def test_pareto_search_parents_are_survivors(monkeypatch):
     s = Search(bb, SearchConfig(search_algo="pareto", iterations=3, pool=6, topk=3, mutations=3, crossovers=2,
                                 mutation_prob=1.0, tries=40), 1e5, random.Random(3))
     pool = s.propose()
-    s.tell(pool, fake_eval(pool))
+    s.tell(pool, tradeoff_eval(pool))
     elite = {r["arch"] for r, _, _ in pareto.survivors(s.history, 3)}
     entrants, winners = [], []
 
@@ -218,20 +218,20 @@ def test_pareto_search_parents_are_survivors(monkeypatch):
 
 def test_pareto_search_with_sops_and_without():
     s = pareto_search(objectives="acc,spikes,sops", iterations=3)
-    run_search(s, fake_eval, log=lambda m: None)
+    run_search(s, tradeoff_eval, log=lambda m: None)
     assert len(s.history) == 24
     lines = []
-    run_search(pareto_search(iterations=2), fake_eval, log=lines.append)
+    run_search(pareto_search(iterations=2), tradeoff_eval, log=lines.append)
     assert "; front of " in lines[-1]
     t = pareto_search(objectives="acc,spikes,sops")
     pool = t.propose()
     with pytest.raises(AutoSNNError, match="no 'sops'.*acc,spikes"):
-        t.tell(pool, [{k: v for k, v in r.items() if k != "sops"} for r in fake_eval(pool)])
+        t.tell(pool, [{k: v for k, v in r.items() if k != "sops"} for r in tradeoff_eval(pool)])
 
 
 def test_chosen_follows_pick_and_lambda_default_is_the_fittest():
     s = pareto_search(iterations=3, lam=-0.24)
-    run_search(s, fake_eval, log=lambda m: None)
+    run_search(s, tradeoff_eval, log=lambda m: None)
     assert s.chosen() == s.best()                    # no fitness tie here
     front = pareto_front(s.history)
     s.cfg.pick = "knee"
@@ -250,7 +250,7 @@ def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
     cfg = config.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64})
     atomic_write_text(d / "config.json", json.dumps(cfg.to_dict()))
     s = pareto_search(iterations=3, pick="knee")
-    run_search(s, fake_eval, lambda s: evolve.write_history(d, s, atomic_write_text), log=lambda m: None)
+    run_search(s, tradeoff_eval, lambda s: evolve.write_history(d, s, atomic_write_text), log=lambda m: None)
     doc = json.loads((d / "search.json").read_text())
     assert (doc["algorithm"], doc["pick"], doc["objectives"]) == ("pareto", "knee", "acc,spikes")
     want = knee(pareto_front(s.history))
@@ -302,7 +302,7 @@ def test_pareto_survivors_use_every_objective(monkeypatch):
     here differ from the accuracy-spikes ones."""
     s = pareto_search(objectives="acc,spikes,sops", pool=12, topk=4)
     pool = s.propose()
-    s.tell(pool, fake_eval(pool))
+    s.tell(pool, tradeoff_eval(pool))
     three = {r["arch"] for r, _, _ in pareto.survivors(s.history, 4, ("acc", "spikes", "sops"))}
     two = {r["arch"] for r, _, _ in pareto.survivors(s.history, 4)}
     assert three != two

@@ -11,7 +11,7 @@ import files
 import train
 import autosnn
 from autosnn import SpikingNetwork
-from conftest import TINY, TINY1, run_cli
+from conftest import TINY, TINY1, count_syncs, run_cli
 from evolve import fitness
 from search_space import AUTOSNN
 
@@ -235,21 +235,6 @@ def test_bench_quick_json(capsys):
 # ---------------------------------------------------------------------------------------------
 # Promises of the training loop and the writer
 # ---------------------------------------------------------------------------------------------
-
-def count_syncs(monkeypatch, fn):
-    """Calls of host-syncing tensor methods while fn() runs."""
-    calls = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        real = getattr(torch.Tensor, name)
-
-        def counting(self, *a, _real=real, **k):
-            calls["n"] += 1
-            return _real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    fn()
-    monkeypatch.undo()
-    return calls["n"]
-
 
 def test_no_host_sync_per_batch(tmp_path, monkeypatch):
     torch.manual_seed(0)
