@@ -339,7 +339,7 @@ def set_determinism(deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not deterministic     # cuDNN picks its fastest kernels per shape (GPU only)
     torch.backends.cuda.matmul.allow_tf32 = not deterministic
     torch.backends.cudnn.allow_tf32 = not deterministic
 

@@ -17,6 +17,36 @@ makes it fail (issue 10's mutation exercise; issue 12's gap-filling tests).
       (issue 19, bug 7)                                [bn running_var inf], [bn running_mean 1e7]
     divergence check ignores finite exploded weights test_reliability.py::test_huge_learning_rate_stops_*
     a saturated classifier with a flat loss goes on  test_reliability.py::test_classifier_firing_always_*
+    compiled neuron loop ignores alpha (bug 1)       test_neurons.py::test_compiled_training_loop_uses_alpha
+    compiled loop falls back to eager past dynamo's  test_neurons.py::test_compiled_no_grad_loop_is_eager_bit_
+      recompile limit                                  for_bit_and_never_falls_back
+    SpikeStats.energy() sums the batch (bug 2)       test_spikes.py::test_energy_is_per_image
+    summary()["firing_rate"] not divided by T (3)    test_spikes.py::test_spike_stats_equal_manual_recount
+    the population rate on a classifier that never   test_autosnn.py::test_output_is_population_rate_summed_
+      fires (a test that could not fail)               over_T (its classifier now fires)
+    Pareto front keeps a less accurate record with   test_pareto.py::test_pareto_front_drops_less_accurate_
+      equal spikes (bug 4)                             with_equal_spikes, test_nondominated_sort_with_ties_*
+    chance warning counts the whole history (bug 5)  test_evolve.py::test_chance_warning_counts_the_generation_*
+    children of any generation-1 architecture        test_evolve.py::test_evolution_children_are_flips_of_the_*
+    evaluate_pool / evaluate_model forget net.eval() test_evolve.py::test_evaluation_runs_in_eval_mode_and_*
+    BN recalibration syncs with the host             test_evolve.py::test_recalibrate_bn_reads_nothing_back_*
+    NSGA-II: survivors, tournament, crowding, sops   test_pareto.py::test_survivors_*, test_tournament_*,
+                                                       test_crowding_distance_by_hand, test_pareto_survivors_*
+    a --pick rule ignored or wrong                   test_pareto.py::test_pick_rules_on_a_hand_made_front,
+                                                       test_chosen_follows_pick_and_lambda_default_is_the_fittest
+    atomic_write skips the fsync (bug 8)             test_files.py::test_atomic_write_fsyncs_the_whole_file_*
+    ENOSPC seen only on the outer error              test_files.py (disk_full through a chained error)
+    SIGTERM not ignored during shutdown; a second    test_dist.py::test_repeated_runs_and_rank_kills_never_abort
+      traceback after a rank kill                      (slow)
+    AEDAT 2.0 events with bit 31 kept (bug 9)        test_events.py::test_aedat20_special_events_are_dropped
+    search_split rounds instead of flooring (10)     test_data.py::test_search_split_floors_the_training_part
+    SVHN mean/std in the wrong channel order (11)    test_data.py::test_normalisation_constants_are_the_papers_*
+    a float CIFAR label truncated                    test_formats.py::test_svhn_float_label_is_refused_*,
+                                                       test_cifar_labels_that_are_not_integers_name_the_file
+    channels_last convolutions (training no longer   test_conformance.py::test_matches_the_original
+      matches the original's numbers)
+    NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse and snnTorch)
+      dropped, max-pool threshold, tau not over dt
 
 Only public behaviour is used: Neuron(x) and Neuron.step, blocks called as block(x),
 SpikingNetwork's forward and SpikeStats, evolve's Search, and train.main.
