@@ -17,6 +17,8 @@ makes it fail (issue 10's mutation exercise; issue 12's gap-filling tests).
       (issue 19, bug 7)                                [bn running_var inf], [bn running_mean 1e7]
     divergence check ignores finite exploded weights test_reliability.py::test_huge_learning_rate_stops_*
     a saturated classifier with a flat loss goes on  test_reliability.py::test_classifier_firing_always_*
+    membrane charged as lerp(v, x, k) (the same      test_neurons.py::test_membrane_update_rounds_as_v_plus_
+      value, another rounding: flips spikes)           x_minus_v_times_k (the conformance test missed it)
     compiled neuron loop ignores alpha (bug 1)       test_neurons.py::test_compiled_training_loop_uses_alpha
     compiled loop falls back to eager past dynamo's  test_neurons.py::test_compiled_no_grad_loop_is_eager_bit_
       recompile limit                                  for_bit_and_never_falls_back

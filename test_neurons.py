@@ -276,3 +276,21 @@ def test_compiled_training_loop_uses_alpha():
     (gx, gw), (ex, ew) = grads
     assert gx.abs().sum() > 0
     assert torch.allclose(gx, ex, rtol=1e-5, atol=1e-6) and torch.allclose(gw, ew, rtol=1e-4, atol=1e-5)
+
+
+def test_membrane_update_rounds_as_v_plus_x_minus_v_times_k():
+    """The charge is v + (x - v) * k in float32, in that order, as the original computes it: the
+    same value written as lerp(v, x, k) or v * (1 - k) + x * k rounds differently in about a third
+    of cases, and a membrane at the threshold then flips a spike. Checked against numpy's float32
+    arithmetic, one operation at a time, on random values (k in (0, 1), both halves)."""
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(4096, generator=g), torch.rand(4096, generator=g)
+    for k in (0.3, 0.5, 0.7, torch.rand((), generator=g).item()):
+        n = Neuron("plif", tau0=1 / k)                                  # sigmoid(w) = k, rounded
+        kk = n.leak().detach()
+        _, v_new = n.step(x, v)                                        # reset needs a spike; v < 1 mostly
+        xs, vs, ks = x.numpy(), v.numpy(), np.float32(kk.item())
+        want = vs + (xs - vs).astype(np.float32) * ks                  # float32 throughout
+        fired = (want >= 1.0)
+        assert np.array_equal(v_new.detach().numpy()[~fired], want[~fired]), k
