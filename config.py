@@ -131,7 +131,7 @@ PRESETS = {
     "short": {"supernet_epochs": 30, "retrain_epochs": 60},
     # small enough for a CPU in about a minute, large enough to learn something on synthetic data
     "dry-run": {"dataset": "synthetic", "n_train": 1000, "n_test": 250, "backbone": "AutoSNN_8", "T": 4,
-                "batch_size": 32, "eval_batch_size": 250, "supernet_epochs": 4, "retrain_epochs": 5,
+                "batch_size": 32, "eval_batch_size": 250, "supernet_epochs": 4, "retrain_epochs": 10,
                 "supernet_lr": 3e-3, "retrain_lr": 3e-3, "iterations": 3, "pool": 6, "topk": 3, "mutations": 3,
                 "crossovers": 2, "log_every": 0, "model_width": 8},
 }
