@@ -108,18 +108,22 @@ def beside_original(args) -> dict:
                     net(x, path)
         return step
 
-    def their_step(net, train):
+    def their_step(net, train, rng):
+        """The same sequence of paths as our_step with the same rng (a random path costs from a skip
+        to a 5x5 SRB per position, so the two sides must not draw their own)."""
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        supernet = net is theirs["supernet"]
 
         def step():
+            args_ = (o["block_ids"](sample_arch(ours["supernet"].backbone, rng)),) if supernet else ()
             if train:
                 opt.zero_grad(set_to_none=False)
-                out = net(x)[0]                 # the super-network samples a path when given none
+                out = net(x, *args_)[0]
                 F.mse_loss(out / args.T, F.one_hot(y, 10).float()).backward()
                 opt.step()
             else:
                 with torch.no_grad():
-                    net(x)
+                    net(x, *args_)
             reset(net)
         return step
 
@@ -150,7 +154,7 @@ def beside_original(args) -> dict:
         if case == "search":
             steps = {f: (their_search(n) if f == "original" else our_search(n)) for f, n in forms.items()}
         else:
-            steps = {f: (their_step(n, train) if f == "original" else our_step(n, train, random.Random(1)))
+            steps = {f: (their_step(n, train, random.Random(1)) if f == "original" else our_step(n, train, random.Random(1)))
                      for f, n in forms.items()}
         first, times = {}, {f: [] for f in steps}
         for f, step in steps.items():
