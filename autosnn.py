@@ -29,13 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from layers import (SCB, SRB, AvgPoolNeuron, Choice, Conv, ConvBN, FactorizedReduce,  # noqa: F401
-                    GlobalPoolNeuron, MaxPool, Skip, TimeBatchNorm, fold, make_block)
 from files import AutoSNNError, atomic_write
-from neurons import (NEURONS, CompiledLoops, Neuron, SpikeFn, _float32_at_least, atan_surrogate,  # noqa: F401
-                     neuron_factory, neuron_loop, neuron_step, no_grad_loop, one_step_per_call)
+from layers import AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block
+from neurons import CompiledLoops, Neuron, neuron_factory, one_step_per_call
 from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch
-from spikes import E_AC, E_MAC, SpikeStats, Trace, fanout, recording  # noqa: F401
+from spikes import SpikeStats, Trace, recording
+
 
 POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
 
@@ -287,9 +286,10 @@ def predict(out: torch.Tensor) -> torch.Tensor:
     return out.argmax(dim=1)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Trainable parameters, PLIF scalars included."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def count_parameters(module: nn.Module, taus: bool = True) -> int:
+    """Trainable parameters. taus=False leaves out the PLIF scalars w (one per neuron layer), as the
+    original's parameter counts (thop: conv, BN and linear weights only) do."""
+    return sum(p.numel() for n, p in module.named_parameters() if p.requires_grad and (taus or not n.endswith(".w")))
 
 
 # ----------------------------------------------------------------------------------------------

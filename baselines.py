@@ -22,9 +22,12 @@ baselines, which ran T-1 time steps, all T steps run.
 import torch
 import torch.nn as nn
 
-from autosnn import (POPULATION, SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool, SpikeStats, Stem, Trace,
-                     check_input, load_weights, neuron_factory, population_rates, read_model_file, recording)
+from autosnn import POPULATION, Stem, check_input, load_weights, population_rates, read_model_file
 from files import AutoSNNError
+from layers import SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool
+from neurons import neuron_factory
+from spikes import SpikeStats, Trace, recording
+
 
 BASELINES = {
     # name: (default width, input kind, layer list as (kind, width multiple, stride), hidden FC widths)

@@ -1,13 +1,13 @@
 """Speed and memory of the spiking network, beside the original code's one-step-at-a-time form.
 
-    python bench.py                                   # AutoSNN_16, T=8, batch 32, CPU, 2 threads
-    python bench.py --device cuda --batch 96          # on a GPU
-    python bench.py --json                            # the same figures as JSON
-    python bench.py --quick --json                    # a few seconds: the test suite runs this
-    python bench.py --compile                         # neurons compiled (autosnn.compile_network)
-    python bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
-    python bench.py --end-to-end synthetic            # training fed by data.py vs one batch on the device
-    python bench.py --original ../AutoSNN --original-site ~/.cache/autosnn-peer-site   # beside the original
+    python3 bench.py                                   # AutoSNN_16, T=8, batch 32, CPU, 2 threads
+    python3 bench.py --device cuda --batch 96          # on a GPU
+    python3 bench.py --json                            # the same figures as JSON
+    python3 bench.py --quick --json                    # a few seconds: the test suite runs this
+    python3 bench.py --compile                         # neurons compiled (autosnn.compile_network)
+    python3 bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
+    python3 bench.py --end-to-end synthetic            # training fed by data.py vs one batch on the device
+    python3 bench.py --original ../AutoSNN --original-site ~/.cache/autosnn-peer-site   # beside the original
 
 --original PATH times the original AutoSNN code (github nabk89/AutoSNN, a checkout at PATH; it needs
 spikingjelly 0.0.0.0.2, e.g. `pip install --no-deps --target DIR spikingjelly==0.0.0.0.2` and
@@ -46,13 +46,15 @@ from pathlib import Path
 
 import torch
 
-from autosnn import Neuron, SpikingNetwork, compile_network, predict, rate_loss
+from autosnn import SpikingNetwork, compile_network, predict, rate_loss
+from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, reset_peak, sync, timed
+from benchmarks.original import beside_original, original_table
 from data import load_dataset
-from bench_original import beside_original, original_table
-from evolve import Search, SearchConfig, evaluate_pool
-from measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, reset_peak, sync, timed
+from evaluation import evaluate_pool
+from evolve import SearchConfig
+from neurons import Neuron
+from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch
-from config import tune_cpu_allocator
 
 
 def saved_mib(net, x, arch) -> float:
@@ -322,8 +324,9 @@ def search_quality(args) -> int:
                     reference point (accuracy 0, 2 x the super-network's mean spikes per image);
       best acc      the best accuracy within each of three spike budgets: the 25th, 50th and 75th
                     percentiles of the spikes of every architecture any of the searches evaluated."""
-    from evolve import evaluate_archs, run_search
-    from pareto import hypervolume
+    from evaluation import evaluate_archs
+    from evolve import run_search
+    from pareto import hypervolume, make_search
     path = Path(args.search_quality) / "supernet.pt"
     try:
         if not path.is_file():
@@ -361,7 +364,7 @@ def search_quality(args) -> int:
         for seed in range(args.seeds):
             cfg = SearchConfig(search_algo=algo, iterations=iterations, pool=args.pool, topk=half,
                                mutations=half, crossovers=half, lam=-0.08, search_seed=seed)
-            s = Search(net.backbone, cfg, norm, random.Random(seed))
+            s = make_search(net.backbone, cfg, norm, random.Random(seed))
             run_search(s, evaluate, log=lambda line: None)
             runs[algo, seed] = s.history
     every = sorted(h["spikes"] for hist in runs.values() for h in hist)

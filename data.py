@@ -3,9 +3,9 @@
 Owns (paper sections 5 and 7): the datasets CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
 DVS128-Gesture as labelled splits, the search split (first 80% of the training set by index = D_train,
 last 20% = D_val), batch-wise augmentation on the device, and two synthetic datasets that need no files.
-Where the files lie, download, checksums and the readers of each on-disk format are formats.py's (its
+Where the files lie, download, checksums and the readers of each on-disk format are formats/readers.py's (its
 docstring lists the expected layout under `root`); event-camera files, events -> frames and the frame
-cache are events.py's. No model code.
+cache are formats/events.py's. No model code.
 
     from data import load_dataset
     ds = load_dataset("cifar10", root="./data", download=True)
@@ -18,7 +18,7 @@ Messages (a download's progress, a stale cache, samples that do not fit on the d
 `log(str)` callback given to load_dataset, kept by its splits; without one the library is silent.
 
 Event data becomes T frames [T, 2, H=y, W=x] of per-pixel event counts (channel 1 = ON), upright, cached
-once per sample under `<root>/<cifar10dvs|dvs128gesture>/` (events.py: the orientation, the split rules,
+once per sample under `<root>/<cifar10dvs|dvs128gesture>/` (formats/events.py: the orientation, the split rules,
 the cache key). Splits: CIFAR10-DVS per class by file index, first 90% train (900 / 100); DVS128-Gesture
 the official trials lists, one sample per labelled segment, label = class - 1.
 
@@ -50,9 +50,9 @@ from types import MappingProxyType, SimpleNamespace
 import numpy as np
 import torch
 
-import events
-import formats
 from files import AutoSNNError
+from formats import events, readers
+
 
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "cifar10dvs", "dvs128gesture", "synthetic",
             "synthetic-dvs")
@@ -334,7 +334,7 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
                  sources: dict | None = None, log: Callable[[str], None] | None = None) -> Dataset:
     """Load `name` (one of DATASETS). T and split_by apply to event data; n_train/n_test/seed to the
     synthetic sets (default 2000/500); cutout is the default for split("train"); sources overrides
-    formats.SOURCES entries ({file name: (url, md5)}) for download and checksum checks. log(str) receives
+    readers.SOURCES entries ({file name: (url, md5)}) for download and checksum checks. log(str) receives
     the notices of loading and of the splits' batches (None: silent)."""
     if name not in DATASETS:
         raise AutoSNNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -356,7 +356,7 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
         raise AutoSNNError(f"the data root {root} is a file, not a folder; pass a folder (train.py: --data-root)")
     if name in ("cifar10dvs", "dvs128gesture"):
         return _event_dataset(name, root, T, split_by, cutout, log)
-    (xtr, ytr), (xte, yte) = formats.load_static(name, root, download, {**formats.SOURCES, **(sources or {})}, log)
+    (xtr, ytr), (xte, yte) = readers.load_static(name, root, download, {**readers.SOURCES, **(sources or {})}, log)
     return _in_memory(name, {"cifar100": 100, "tinyimagenet": 200}.get(name, 10), xtr, ytr, xte, yte, cutout, log)
 
 
@@ -371,10 +371,10 @@ def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, log, is_event=Fals
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Event-camera datasets: frames cached once per sample (which files: formats.py; reading, caching: events.py)
+# Event-camera datasets: frames cached once per sample (which files: formats/readers.py; reading, caching: formats/events.py)
 
 def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int, log) -> Dataset:
-    """Frames cached once per sample (events.py); a complete cache is used without the raw files."""
+    """Frames cached once per sample (formats/events.py); a complete cache is used without the raw files."""
     base = root / name
     folder, key = events.cache_folder(base, T, split_by), events.cache_key(name, T, split_by)
     cached = {s: events.read_index(folder, s, key) for s in ("train", "test")}
@@ -383,7 +383,7 @@ def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int, lo
         if old.is_dir() and log is not None:
             log(f"{old} holds frames of an earlier version (another orientation or time split); it is not "
                 f"used and can be deleted")
-        listing = formats.cifar10dvs_recordings(root) if name == "cifar10dvs" else formats.gesture_recordings(root)
+        listing = readers.cifar10dvs_recordings(root) if name == "cifar10dvs" else readers.gesture_recordings(root)
         for split, items in listing.items():
             if cached[split] is None:
                 samples = (((events.cifar10dvs_events(path), label) for path, label in items) if name == "cifar10dvs"

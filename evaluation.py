@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from autosnn import SpikeStats, SpikingNetwork, TimeBatchNorm, Trace, predict
+from autosnn import SpikingNetwork, predict
+from layers import TimeBatchNorm
 from search_space import parse_arch
+from spikes import SpikeStats, Trace
 
 
 @torch.inference_mode()

@@ -8,18 +8,23 @@ with code 2. Any other exception is a bug and keeps its traceback.
 in the same folder, flushed and fsynced, renamed over the target, then the folder fsynced. A crash
 at any moment leaves either the old file or the new one, never half of one, and no temporary file
 survives an error or Ctrl-C (`remove_stale_temps` sweeps those left by a killed process).
+`read_json` and `csv_text` read and write the small JSON and CSV files of a run folder.
 `create_folder` makes a new folder with its first files in one rename, so a crash never leaves an
 empty or half-made run folder. Durability assumes a filesystem that honours fsync and rename order.
 A full disk is recognised however deep the writer buried it (`disk_full`), and a name too long for
 the filesystem, temporary suffix included, is refused before anything is made (`check_name`).
 """
 import argparse
+import csv
 import difflib
 import errno
+import io
+import json
 import os
 import shutil
 import time
 from pathlib import Path
+
 
 TEMP_MARK = ".tmp-"      # temporary names: .<name>.tmp-<pid>
 
@@ -39,7 +44,7 @@ class AutoSNNError(ValueError):
 
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line, without the usage text, with a "did you mean" for a
-    misspelled option or sub-command (train.py's and evolve.py's command lines)."""
+    misspelled option or sub-command (train.py's and runs.py's command lines)."""
 
     def error(self, message):
         names = set(self._option_string_actions)
@@ -203,3 +208,24 @@ def create_folder(path, files: dict) -> None:
                                f"choose a writable --out") from None
         raise
     _fsync_dir(path.parent)
+
+
+def csv_text(fields: list, rows: list[dict]) -> str:
+    """CSV with a header row; missing values are empty."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def read_json(path: Path):
+    """A JSON file's content; a missing, unreadable or damaged file is an AutoSNNError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AutoSNNError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AutoSNNError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    except json.JSONDecodeError as e:
+        raise AutoSNNError(f"{path} is damaged (not valid JSON: {e.msg} at line {e.lineno})") from None

@@ -15,7 +15,6 @@ from neurons import _float32_at_least
 from search_space import check_candidate
 
 
-
 def fold(layer, x):
     """Apply a per-image layer to [T, B, ...] by merging T into the batch: [T*B, ...] -> [T, B, ...]."""
     return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])

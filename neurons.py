@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+
 NEURONS = ("plif", "lif", "if", "ann")
 
 # Compiled graphs one compiled loop may hold: a graph per input rank, T, dtype, (v_th, alpha) and

@@ -1,6 +1,6 @@
 """The accuracy-spikes trade-off of a search: non-dominated sorting, crowding distance, NSGA-II
-survivor and parent selection, the Pareto front, its 2-D hypervolume, and the rules that pick one
-architecture from the front (--pick lambda | knee | budget:SPIKES).
+survivor and parent selection (ParetoSearch), the Pareto front, its 2-D hypervolume, and the rules
+that pick one architecture from the front (--pick lambda | knee | budget:SPIKES) for every search.
 
 Objectives are always minimised here: a record {acc, spikes, sops, ...} becomes the point
 (-acc, spikes[, sops]) (see `point`). Point p dominates q when p is no worse in every objective
@@ -21,26 +21,12 @@ Where this follows NSGA-II (Deb, Pratap, Agarwal, Meyarivan, IEEE TEVC 6(2), 200
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import random
-from pathlib import Path
 
+from evolve import RandomSearch, Search, check_objectives, parse_pick
 from files import AutoSNNError
-
-OBJECTIVES = ("acc", "spikes", "sops")          # acc is maximised, the costs minimised
-
-
-def check_objectives(text: str) -> tuple:
-    """'acc,spikes' -> ("acc", "spikes"). acc and at least one cost, each once, all known."""
-    names = tuple(n.strip() for n in str(text).split(","))
-    bad = [n for n in names if n not in OBJECTIVES]
-    if bad or len(set(names)) != len(names) or "acc" not in names or len(names) < 2:
-        raise AutoSNNError(f"--objectives {text!r} is not a list of distinct objectives with acc and a cost "
-                           f"(valid names: {', '.join(OBJECTIVES)}; e.g. acc,spikes or acc,spikes,sops)")
-    return names
+from search_space import Arch, Backbone, parse_arch
 
 
 def point(record: dict, names=("acc", "spikes")) -> tuple:
@@ -163,22 +149,6 @@ def knee(front: list[dict]) -> dict:
     return max(front, key=lambda r: (round(distance(r), 12), r["acc"], -r["spikes"]))
 
 
-def parse_pick(text: str) -> tuple[str, float | None]:
-    """'lambda' | 'knee' | 'budget:SPIKES' -> (rule, budget or None)."""
-    text = str(text)
-    if text in ("lambda", "knee"):
-        return text, None
-    if text.startswith("budget:"):
-        try:
-            budget = float(text[len("budget:"):])
-        except ValueError:
-            budget = math.nan
-        if math.isfinite(budget) and budget >= 0:
-            return "budget", budget
-    raise AutoSNNError(f"--pick {text!r} is not lambda, knee or budget:SPIKES (a number >= 0, "
-                       f"spikes per image, e.g. budget:60000)")
-
-
 def pick(records: list[dict], rule: str) -> dict:
     """One record of the accuracy-spikes front of `records` under --pick `rule`:
       lambda         the largest "fitness" (the paper's, with the search's lambda); ties: earlier
@@ -203,57 +173,52 @@ def pick(records: list[dict], rule: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# History files: search.json (every evaluated architecture) and pareto.csv (the front)
+# The multi-objective search
 # ---------------------------------------------------------------------------------------------
 
-def write_history(run_dir: Path, search, atomic_write) -> None:
-    """search.json (every evaluated architecture and the search's settings) and pareto.csv (the
-    accuracy-spikes front). search: evolve.Search; atomic_write(path, text) writes one file."""
-    records = search.history
-    cfg = search.cfg
-    doc = {"lam": cfg.lam, "spike_norm": search.spike_norm, "algorithm": cfg.search_algo,
-           "objectives": cfg.objectives, "pick": cfg.pick, "generations": search.generation,
-           "first_generation": 1, "history": records}
-    atomic_write(run_dir / "search.json", json.dumps(doc, indent=1))
-    fields = ["generation", "arch", "acc", "spikes", "neuron_spikes", "fitness", "sops", "energy_uj"]
-    atomic_write(run_dir / "pareto.csv", csv_text(fields, pareto_front(records)))
+class ParetoSearch(Search):
+    """NSGA-II's offspring on the search's operators: the `topk` survivors of everything evaluated by
+    (rank, crowding) over --objectives, parents by binary tournament among them, then the same
+    mutants, crossovers of two distinct parents and random fill as evolve.Search."""
+
+    @property
+    def objectives(self) -> tuple:
+        return check_objectives(self.cfg.objectives)
+
+    def propose(self) -> list[Arch]:
+        if self.generation == 0:
+            return super().propose()
+        cfg, taken = self.cfg, self.seen()
+        elite = survivors(self.history, cfg.topk, self.objectives)
+
+        def parent(entrants) -> Arch:
+            return parse_arch(tournament(entrants, self.rng)["arch"], self.backbone)
+
+        def cross() -> Arch:
+            p1 = parent(elite)
+            p2 = parent([e for e in elite if e[0]["arch"] != str(p1)])
+            return self.crossover(p1, p2)
+
+        pool = self._children(cfg.mutations, lambda: self.mutate(parent(elite)), taken)
+        if len(elite) >= 2:
+            pool += self._children(cfg.crossovers, cross, taken)
+        return pool + self._random(max(cfg.pool - len(pool), 0), taken)
+
+    def tell(self, archs: list[Arch], results: list[dict]) -> None:
+        missing = [n for n in self.objectives if any(n not in r for r in results)]
+        if missing:
+            raise AutoSNNError(f"the evaluations carry no {missing[0]!r} (energy counting is off): "
+                               f"use --objectives acc,spikes")
+        super().tell(archs, results)
+
+    def note(self) -> str:
+        return f"; front of {len(pareto_front(self.history))}"
 
 
-def csv_text(fields: list, rows: list[dict]) -> str:
-    """CSV with a header row; missing values are empty."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+SEARCHES = {"evolution": Search, "random": RandomSearch, "pareto": ParetoSearch}
 
 
-def read_json(path: Path):
-    """A JSON file's content; a missing, unreadable or damaged file is an AutoSNNError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AutoSNNError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AutoSNNError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    except json.JSONDecodeError as e:
-        raise AutoSNNError(f"{path} is damaged (not valid JSON: {e.msg} at line {e.lineno})") from None
-
-
-def load_history(run_dir: Path) -> dict:
-    """search.json of a run folder, checked. Generations are numbered from 1 ("first_generation": 1);
-    a file without that key was made by an older version and is refused."""
-    path = Path(run_dir) / "search.json"
-    if not path.is_file():
-        raise AutoSNNError(f"{path} not found: point at a run folder whose search stage has run")
-    doc = read_json(path)
-    h = doc.get("history") if isinstance(doc, dict) else None
-    if not isinstance(h, list) or not all(isinstance(r, dict) and {"arch", "acc", "spikes", "fitness"} <= set(r)
-                                          for r in h):
-        raise AutoSNNError(f"{path} has no valid \"history\" list (arch, acc, spikes, fitness per record): "
-                           "not a search result of this project")
-    if not h:
-        raise AutoSNNError(f"{path} holds no evaluated architecture")
-    if doc.get("first_generation") != 1:
-        raise AutoSNNError(f"{path} was made by an older version of this project: rerun the search stage")
-    return doc
+def make_search(backbone: Backbone, cfg, spike_norm: float, rng: random.Random) -> Search:
+    """The search --search-algo names (cfg: evolve.SearchConfig)."""
+    cfg.check()
+    return SEARCHES[cfg.search_algo](backbone, cfg, spike_norm, rng)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from files import AutoSNNError
 
+
 # Index order matters: it is the paper's encoding (0 skip_connect ... 4 SRB_k5).
 # A new candidate is one more name here: autosnn.py builds "SCB_k<k>" / "SRB_k<k>" for any odd k.
 CANDIDATES = ("skip_connect", "SCB_k3", "SCB_k5", "SRB_k3", "SRB_k5")

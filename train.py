@@ -1,11 +1,11 @@
 """AutoSNN pipeline: super-network training, spike-aware evolutionary search, retraining.
 
-    python train.py --dry-run                           # the whole pipeline on synthetic data, ~1 min on a CPU
-    python train.py --dataset cifar10 --download        # all three stages, short schedule
-    python train.py --dataset cifar10 --preset paper    # the paper's budget (600 epochs, 20x20 search)
-    python train.py --stage search --supernet runs/X/supernet.pt --lam -0.16
-    python train.py --stage retrain --arch SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5 --dataset cifar100
-    python train.py --resume runs/X                     # continue wherever it stopped
+    python3 train.py --dry-run                           # the whole pipeline on synthetic data, ~1 min on a CPU
+    python3 train.py --dataset cifar10 --download        # all three stages, short schedule
+    python3 train.py --dataset cifar10 --preset paper    # the paper's budget (600 epochs, 20x20 search)
+    python3 train.py --stage search --supernet runs/X/supernet.pt --lam -0.16
+    python3 train.py --stage retrain --arch SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5 --dataset cifar100
+    python3 train.py --resume runs/X                     # continue wherever it stopped
 
 Stages (paper sec. 5-7):
   supernet  train the weight-sharing super-network on D_train (first 80% of the training set), one
@@ -15,8 +15,8 @@ Stages (paper sec. 5-7):
   retrain   train the found (or given) architecture from scratch on the full training set and
             report the final-epoch test accuracy, spikes per image and parameters.
 
-Every option is validated (config.py) and the data loaded before the run folder runs/<name>/ exists
-(rundir.py); a failure after that leaves a run that --resume continues. Checkpoints after every epoch
+Every option is validated (plumbing/config.py) and the data loaded before the run folder runs/<name>/ exists
+(plumbing/rundir.py); a failure after that leaves a run that --resume continues. Checkpoints after every epoch
 and search generation carry the RNG states, so on a CPU --resume continues bit-identically with the
 same number of threads (another number warns); on a GPU that needs at least --deterministic and the
 same card and software versions (not checked by the tests, which run on a CPU).
@@ -31,24 +31,26 @@ import random
 import sys
 import time
 
+
 try:        # Ctrl-C while torch loads: a line, not a traceback
     import torch
     import torch.nn.functional as F
 
-    import dist
-    from autosnn import E_AC, E_MAC, SpikingNetwork, compile_network, count_parameters, predict, rate_loss
+    from autosnn import SpikingNetwork, compile_network, count_parameters, predict, rate_loss
     from baselines import HandcraftedSNN
-    from config import Config, Env, build_parser, user_error
     from data import load_dataset
     from evaluation import evaluate_archs, evaluate_model
-    from evolve import Search, run_search
+    from evolve import run_search
     from files import AutoSNNError, progress
-    from pareto import write_history
-    from plots import plot_run
-    from rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
-                        rng_states, set_rng_states)
+    from pareto import make_search, pick
+    from plumbing import dist
+    from plumbing.config import Config, Env, build_parser, user_error
+    from plumbing.history import write_history
+    from plumbing.plots import plot_run
+    from plumbing.rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
+                                 rng_states, set_rng_states)
     from search_space import get_backbone, resolve_arch, sample_arch
-    from spikes import silent_layers
+    from spikes import E_AC, E_MAC, silent_layers
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
     raise SystemExit(130) from None
@@ -363,7 +365,7 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
                                f"its weights are not those of a finished training (resume its run first?)")
     net = load_supernet(cfg, ck, ds, env.device, ck_path)
     spike_norm = sc.spike_norm or ck["spike_norm"]
-    search = Search(net.backbone, sc, spike_norm, random.Random(sc.search_seed))
+    search = make_search(net.backbone, sc, spike_norm, random.Random(sc.search_seed))
     path, wall = run.path / "search.pt", 0.0
     if path.exists():
         state = load_checkpoint(path, "search")
@@ -389,7 +391,7 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
 
     last = [time.time()]
 
-    def checkpoint(s: Search):
+    def checkpoint(s):
         nonlocal wall
         gen, took = s.latest(), time.time() - last[0]
         last[0], wall = time.time(), wall + took
@@ -408,7 +410,7 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
                    val_images=len(d_val))
     else:
         write_history(run.path, search, run.write_text)      # rebuilds a damaged search.json from search.pt
-    best = search.chosen()                   # the fittest, or the --pick rule's choice from the front
+    best = pick(search.history, sc.pick)                # the fittest, or the --pick rule's choice from the front
     run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
     run.wall["search"] = wall
     run.log(f"chosen architecture (--pick {sc.pick}): {best['arch']} (val acc {best['acc']:.4f}, "

@@ -1,18 +1,18 @@
 """Make the NIR golden numbers of test_nir.py with independent NIR readers (Norse, snnTorch).
 
 The readers are never dependencies of the project: this script runs once, in a scratch environment
-that reuses the system torch, and its output (numbers only) is stored in testdata/nir/:
+that reuses the system torch, and its output (numbers only) is stored in tests/data/nir/:
 
     python3 -m venv --system-site-packages /tmp/nirvenv
     /tmp/nirvenv/bin/pip install nir nirtorch norse snntorch
     /tmp/nirvenv/bin/pip uninstall -y torch torchvision triton   # norse pulls a second torch: use the system one
-    /tmp/nirvenv/bin/python tools/golden_nir.py train    # testdata/nir/model.pt, inputs.npz (a small trained net)
-    /tmp/nirvenv/bin/python tools/golden_nir.py golden   # testdata/nir/golden.npz (the readers' spikes and scores)
+    /tmp/nirvenv/bin/python tools/golden_nir.py train    # tests/data/nir/model.pt, inputs.npz (a small trained net)
+    /tmp/nirvenv/bin/python tools/golden_nir.py golden   # tests/data/nir/golden.npz (the readers' spikes and scores)
 
 `train`: an AutoSNN_4 child network (SRB with identity and with 1x1-conv shortcut, skip_connect,
 SCB, three max-pools; PLIF; T = 4), 4 classes of the synthetic gratings (data.synthetic_images),
 trained for a few epochs on the CPU; 16 fixed test images (4 per class) stored as uint8 pixels.
-`golden`: the network exported with nir_export.to_nir, written to and read back from a .nir file,
+`golden`: the network exported with export.nir.to_nir, written to and read back from a .nir file,
 then run one image and one time step at a time by
   - Norse 1.1: its NIR node mapping (norse.torch.utils.import_nir, LIFBoxCell etc.) executed by
     nirtorch.nir_to_torch (graph at dt = 1, Norse at dt = 1). Not norse.torch.from_nir itself: that
@@ -34,14 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autosnn import SpikingNetwork, load_model, rate_loss, save_model  # noqa: E402
 from data import NORMALISATION, synthetic_images  # noqa: E402
-from nir_export import to_nir  # noqa: E402
+from export.nir import to_nir  # noqa: E402
 
-OUT = ROOT / "testdata" / "nir"
+
+OUT = ROOT / "tests" / "data" / "nir"
 ARCH, BACKBONE, CLASSES, T = "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3", "AutoSNN_4", 4, 4
 
 
@@ -129,6 +131,7 @@ def run_reader(make, graph, images: torch.Tensor):
 
 def golden():
     import importlib.metadata as md
+
     import nir
     net = load_model(OUT / "model.pt")
     data = np.load(OUT / "inputs.npz")

@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))      # the project root
 
-import test_conformance as tc                                         # noqa: E402
-from autosnn import MaxPool                                           # noqa: E402
-from search_space import CANDIDATES, get_backbone                     # noqa: E402
+import test_conformance as tc  # noqa: E402
+
+from layers import MaxPool  # noqa: E402
+from search_space import CANDIDATES, get_backbone  # noqa: E402
+
 
 # Our module names -> the original's, inside a block (by block family) and outside blocks.
 BLOCK_NAMES = {
@@ -67,13 +70,13 @@ def load_original(root: Path):
     """The original's childnet and supernet modules and spikingjelly's functional (reset_net)."""
     sys.path.insert(0, str(root))
     try:
-        import spikingjelly.clock_driven.neuron          # noqa: F401  (the original's neuron API)
+        import spikingjelly.clock_driven.neuron  # noqa: F401  (the original's neuron API)
     except ImportError:
         fail("spikingjelly 0.0.0.0.2 is not importable: pip install --no-deps --target "
              "~/.cache/autosnn-peer-site spikingjelly==0.0.0.0.2, then PYTHONPATH=~/.cache/autosnn-peer-site")
     from retrain import childnet
-    from train_supernet import supernet
     from spikingjelly.clock_driven import functional
+    from train_supernet import supernet
     return childnet, supernet, functional
 
 

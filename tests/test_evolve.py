@@ -1,4 +1,4 @@
-"""Tests of evolve.py's bookkeeping and command line: one generation numbering, progress and
+"""Tests of evolve.py's bookkeeping and runs.py's command line: one generation numbering, progress and
 chance-accuracy warnings, configuration checks, rerank/export errors, durable plots.
 No training: histories come from a made-up evaluator or a tiny silent super-network."""
 import csv
@@ -10,22 +10,26 @@ import shlex
 
 import pytest
 import torch
+from conftest import count_syncs, fake_eval
 
-import config
+import evaluation
 import evolve
 import files
-import plots
+import runs
 import search_space
 from autosnn import SpikingNetwork
-from conftest import count_syncs, fake_eval
-from evolve import Search, SearchConfig, at_chance, run_search, write_history
+from evolve import SearchConfig, at_chance, run_search
 from files import AutoSNNError, atomic_write_text
+from plumbing.history import write_history
+from plumbing import config, plots
+from pareto import make_search
+from plumbing.history import load_history
 from search_space import get_backbone, parse_arch
 
 
-def make_search(**kw):
+def tiny_search(**kw):
     cfg = SearchConfig(**{"iterations": 3, "pool": 6, "topk": 3, "mutations": 3, "crossovers": 2, **kw})
-    return Search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(1))
+    return make_search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(1))
 
 
 def finished_run(tmp_path, iterations=3):
@@ -35,7 +39,7 @@ def finished_run(tmp_path, iterations=3):
     cfg = config.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64,
                                   "data_root": "my data"})
     atomic_write_text(d / "config.json", json.dumps(cfg.to_dict()))
-    s = make_search(iterations=iterations)
+    s = tiny_search(iterations=iterations)
     run_search(s, fake_eval, lambda s: write_history(d, s, atomic_write_text), log=lambda m: None)
     atomic_write_text(d / "best_arch.txt", s.best()["arch"] + "\n")
     return d, s
@@ -59,7 +63,7 @@ def test_generations_are_one_based_everywhere(tmp_path):
         write_history(d, s, atomic_write_text)
         seen.append((s.generation, {r["generation"] for r in s.latest()}, len(s.latest())))
 
-    s = make_search(iterations=3)
+    s = tiny_search(iterations=3)
     run_search(s, fake_eval, on_generation, log=lines.append)
     # the callback (what train.py writes to metrics.jsonl) sees the number of the generation just done
     assert seen == [(1, {1}, 6), (2, {2}, 6), (3, {3}, 6)]
@@ -71,23 +75,23 @@ def test_generations_are_one_based_everywhere(tmp_path):
     by_arch = {r["arch"]: r["generation"] for r in s.history}
     rows = list(csv.DictReader((d / "pareto.csv").open()))
     assert rows and all(int(r["generation"]) == by_arch[r["arch"]] for r in rows)
-    assert evolve.load_history(d)["history"] == s.history
+    assert load_history(d)["history"] == s.history
 
 
 def test_files_from_an_older_version_are_refused_in_one_line(tmp_path):
     """No silent mapping of the project's own earlier files (0-based generations, no
     "first_generation" key): one line that says to rerun."""
-    s = make_search()
+    s = tiny_search()
     run_search(s, fake_eval, log=lambda m: None)
     old = s.state_dict()
     old.pop("first_generation")
     with pytest.raises(AutoSNNError, match="older version.*rerun") as e:
-        make_search().load_state_dict(old)
+        tiny_search().load_state_dict(old)
     assert "\n" not in str(e.value)
     doc = {"lam": -0.08, "spike_norm": 1e5, "algorithm": "evolution", "generations": 3, "history": old["history"]}
     atomic_write_text(tmp_path / "search.json", json.dumps(doc))
     with pytest.raises(AutoSNNError, match="search.json was made by an older version"):
-        evolve.load_history(tmp_path)
+        load_history(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ def test_files_from_an_older_version_are_refused_in_one_line(tmp_path):
 
 def test_progress_line_reports_rate_and_time_left():
     lines = []
-    run_search(make_search(iterations=2), fake_eval, log=lines.append)
+    run_search(tiny_search(iterations=2), fake_eval, log=lines.append)
     assert len(lines) == 2
     for ln, left in zip(lines, ("ETA", "ETA 0s")):
         assert "6 evaluated in" in ln and "evals/s" in ln and left in ln and "best fitness" in ln
@@ -117,17 +121,17 @@ def test_chance_warning_fires_on_a_silent_supernet_only():
     torch.manual_seed(0)
     net = SpikingNetwork("AutoSNN_4", num_classes=4, T=2, v_th=1e6)
     x, y = torch.rand(8, 3, 32, 32), torch.arange(8) % 4
-    s = Search(net.backbone, SearchConfig(iterations=2, pool=3, topk=2, mutations=2, crossovers=1), 1e3,
+    s = make_search(net.backbone, SearchConfig(iterations=2, pool=3, topk=2, mutations=2, crossovers=1), 1e3,
                random.Random(0))
     lines = []
-    run_search(s, lambda archs: evolve.evaluate_archs(net, archs, lambda: [(x, y)]), log=lines.append,
+    run_search(s, lambda archs: evaluation.evaluate_archs(net, archs, lambda: [(x, y)]), log=lines.append,
                num_classes=4, val_images=8)
     assert all(r["acc"] == 0.25 for r in s.history)
     warnings = [ln for ln in lines if ln.startswith("warning")]
     assert len(warnings) == 2 and "3 of 3" in warnings[0] and "under-trained" in warnings[0]
 
     lines = []       # a healthy spread of accuracies: no warning
-    run_search(make_search(), fake_eval, log=lines.append, num_classes=10, val_images=200)
+    run_search(tiny_search(), fake_eval, log=lines.append, num_classes=10, val_images=200)
     assert lines and not any("warning" in ln for ln in lines)
 
 
@@ -139,7 +143,7 @@ def test_chance_warning_counts_the_generation_not_the_history():
         return [{"acc": 0.1 if len(calls) == 1 else 0.6, "spikes": 1e5, "neuron_spikes": 1e5} for _ in archs]
 
     lines = []
-    run_search(make_search(iterations=2), first_at_chance, log=lines.append, num_classes=10, val_images=100)
+    run_search(tiny_search(iterations=2), first_at_chance, log=lines.append, num_classes=10, val_images=100)
     warnings = [ln for ln in lines if ln.startswith("warning")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: generation 1: 6 of 6")
 
@@ -149,7 +153,7 @@ def test_chance_warning_needs_more_than_half():
         return [{"acc": 0.1 if i % 2 else 0.6, "spikes": 1e5, "neuron_spikes": 1e5} for i in range(len(archs))]
 
     lines = []
-    run_search(make_search(iterations=1), half_at_chance, log=lines.append, num_classes=10, val_images=100)
+    run_search(tiny_search(iterations=1), half_at_chance, log=lines.append, num_classes=10, val_images=100)
     assert not any("warning" in ln for ln in lines)      # 3 of 6 is not more than half
 
 
@@ -205,7 +209,7 @@ def test_search_space_errors_are_autosnn_errors():
 ])
 def test_rerank_bad_values(tmp_path, capsys, extra, words):
     d, _ = finished_run(tmp_path, iterations=1)
-    assert evolve.main(["rerank", str(d), *extra]) == 2
+    assert runs.main(["rerank", str(d), *extra]) == 2
     assert words in one_error_line(capsys)
 
 
@@ -215,14 +219,14 @@ def test_rerank_bad_values(tmp_path, capsys, extra, words):
 ])
 def test_rerank_bad_search_json_names_the_file(tmp_path, capsys, content, words):
     (tmp_path / "search.json").write_text(content)
-    assert evolve.main(["rerank", str(tmp_path)]) == 2
+    assert runs.main(["rerank", str(tmp_path)]) == 2
     err = one_error_line(capsys)
     assert words in err and str(tmp_path / "search.json") in err
 
 
 def test_rerank_still_ranks(tmp_path, capsys):
     d, s = finished_run(tmp_path)
-    assert evolve.main(["rerank", str(d), "--top", "2"]) == 0
+    assert runs.main(["rerank", str(d), "--top", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[-1] for ln in lines[2:]] == [r["arch"] for r in s.topk()[:2]]
 
@@ -231,19 +235,19 @@ def test_rerank_still_ranks(tmp_path, capsys):
     (["rerank", "RUN", "--lamm", "-0.1"], "did you mean --lam?"),
     (["rerenk", "RUN"], "did you mean rerank?"),
     (["rerank", "RUN", "--bugdet=3"], "did you mean --budget?"),
-    (["export", "RUN", "--lam", "1"], "(see evolve.py export --help)"),      # no hint from another command
+    (["export", "RUN", "--lam", "1"], "(see runs.py export --help)"),      # no hint from another command
 ])
 def test_misspelled_option_is_one_line_with_a_hint(tmp_path, capsys, argv, hint):
     with pytest.raises(SystemExit) as e:
-        evolve.main([a.replace("RUN", str(tmp_path)) for a in argv])
+        runs.main([a.replace("RUN", str(tmp_path)) for a in argv])
     assert e.value.code == 2
     err = one_error_line(capsys)
-    assert hint in err and err.startswith("evolve.py")
+    assert hint in err and err.startswith("runs.py")
 
 
 def test_export_prints_arch_and_a_retrain_command_train_accepts(tmp_path, capsys):
     d, s = finished_run(tmp_path)
-    assert evolve.main(["export", str(d)]) == 0
+    assert runs.main(["export", str(d)]) == 0
     out = capsys.readouterr().out
     best = s.best()
     assert f"architecture: {best['arch']}" in out and "best_arch.txt" in out
@@ -256,14 +260,14 @@ def test_export_prints_arch_and_a_retrain_command_train_accepts(tmp_path, capsys
     assert cfg.run.data_root == "my data" and "--n-test" not in cmd    # 0 (unset) is left out
     # without best_arch.txt, the best record of search.json is the answer
     (d / "best_arch.txt").unlink()
-    assert evolve.main(["export", str(d)]) == 0
+    assert runs.main(["export", str(d)]) == 0
     assert f"--arch {best['arch']}" in capsys.readouterr().out
     # a retraining run of a named architecture, without any search
     (d / "search.json").unlink()
     cfg = json.loads((d / "config.json").read_text())
     cfg["retrain"]["arch"] = "AutoSNN"
     (d / "config.json").write_text(json.dumps(cfg))
-    assert evolve.main(["export", str(d)]) == 0
+    assert runs.main(["export", str(d)]) == 0
     out = capsys.readouterr().out
     assert "--arch SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5" in out and "config.json" in out
 
@@ -283,7 +287,7 @@ def test_export_errors_name_the_file(tmp_path, capsys):
     (d / "best_arch.txt").write_text("SRB_k5-nonsense\n")
     cases.append((d, "best_arch.txt: bad block 'nonsense'"))
     for folder, words in cases:
-        assert evolve.main(["export", str(folder)]) == 2
+        assert runs.main(["export", str(folder)]) == 2
         assert words in one_error_line(capsys), words
 
 
@@ -297,7 +301,7 @@ def test_plots_are_written_durably(tmp_path, monkeypatch):
     written, notes = [], []
     real = files.atomic_write
     monkeypatch.setattr(plots, "atomic_write", lambda p, w: (written.append(p.name), real(p, w)))
-    assert evolve.plot_run(d, notes.append) == ["pareto.png", "curves.png"]
+    assert plots.plot_run(d, notes.append) == ["pareto.png", "curves.png"]
     assert written == ["pareto.png", "curves.png"] and "line 4 is damaged" in notes[0]
     assert (d / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in d.iterdir() if "tmp" in p.name]
@@ -312,7 +316,7 @@ def test_evolution_children_are_flips_of_the_topk_only():
     position flipped, so the next pool is exactly the unseen flips of the topk fittest records (not
     of any generation-1 architecture), then random fill."""
     bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))
-    s = Search(bb, SearchConfig(iterations=3, pool=8, topk=3, mutations=3, crossovers=0, mutation_prob=1.0,
+    s = make_search(bb, SearchConfig(iterations=3, pool=8, topk=3, mutations=3, crossovers=0, mutation_prob=1.0,
                                 tries=40), 1e5, random.Random(5))
     pool = s.propose()
     s.tell(pool, fake_eval(pool))
@@ -351,9 +355,9 @@ def test_evaluation_runs_in_eval_mode_and_matches_the_plain_forward():
             want.append(((out.argmax(1) == y).sum().item() / len(y), st.summary()["spikes"]))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     net.train()
-    pooled = evolve.evaluate_pool(net, archs, [(x[:5], y[:5]), (x[5:], y[5:])])
+    pooled = evaluation.evaluate_pool(net, archs, [(x[:5], y[:5]), (x[5:], y[5:])])
     net.train()
-    alone = [evolve.evaluate_model(net.train(), [(x, y)], a) for a in archs]
+    alone = [evaluation.evaluate_model(net.train(), [(x, y)], a) for a in archs]
     for (acc, spikes), p, m in zip(want, pooled, alone):
         assert p["acc"] == m["acc"] == acc
         assert p["spikes"] == pytest.approx(spikes) and m["spikes"] == pytest.approx(spikes)
@@ -369,7 +373,7 @@ def test_recalibrate_bn_reads_nothing_back_and_averages_cumulatively(monkeypatch
     net, x, _ = eval_net()
     batches = [(x[i:i + 2] * (1 + i), None) for i in range(0, 8, 2)]
     child = net.child(search_space.AUTOSNN)
-    assert count_syncs(monkeypatch, lambda: evolve.recalibrate_bn(child, search_space.AUTOSNN, batches)) == 0
+    assert count_syncs(monkeypatch, lambda: evaluation.recalibrate_bn(child, search_space.AUTOSNN, batches)) == 0
     ref = net.child(search_space.AUTOSNN)
     bns = [m for m in ref.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in bns:
@@ -415,7 +419,7 @@ def test_more_negative_lambda_never_picks_more_spikes():
 
 
 def test_mutation_probability_and_validity():
-    s = make_search(mutation_prob=0.2)
+    s = tiny_search(mutation_prob=0.2)
     changed = []
     for _ in range(4000):
         child = s.mutate(search_space.AUTOSNN)
@@ -426,7 +430,7 @@ def test_mutation_probability_and_validity():
 
 
 def test_crossover_is_one_point():
-    s = make_search()
+    s = tiny_search()
     p1, p2 = parse_arch(["SCB_k3"] * 5), parse_arch(["SRB_k5"] * 5)
     cuts = set()
     for _ in range(400):
@@ -439,7 +443,7 @@ def test_crossover_is_one_point():
 
 @pytest.mark.parametrize("algo", ["evolution", "random", "pareto"])
 def test_every_algorithm_proposes_unseen_valid_architectures_at_the_same_budget(algo):
-    s = make_search(search_algo=algo, **BIG)
+    s = tiny_search(search_algo=algo, **BIG)
     seen = set()
     while not s.done:
         pool = s.propose()
@@ -454,7 +458,7 @@ def test_every_algorithm_proposes_unseen_valid_architectures_at_the_same_budget(
 
 
 def test_search_state_roundtrip_continues_identically():
-    a, b = make_search(**BIG), make_search(**BIG)
+    a, b = tiny_search(**BIG), tiny_search(**BIG)
     for _ in range(2):
         pool = a.propose()
         a.tell(pool, fake_eval(pool))
@@ -466,7 +470,7 @@ def test_search_state_roundtrip_continues_identically():
 
 def test_small_space_exhausts_cleanly():
     bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))      # 2^5 = 32 archs
-    s = Search(bb, SearchConfig(iterations=10, pool=10, topk=3, mutations=3, crossovers=3), 1e5, random.Random(0))
+    s = make_search(bb, SearchConfig(iterations=10, pool=10, topk=3, mutations=3, crossovers=3), 1e5, random.Random(0))
     run_search(s, fake_eval, log=lambda m: None)
     assert len(s.history) == len({h["arch"] for h in s.history}) == 32
 
@@ -476,9 +480,9 @@ def test_prefix_shared_pool_equals_one_by_one():
     rng = random.Random(3)
     archs = [search_space.sample_arch(net.backbone, rng) for _ in range(10)] + [search_space.AUTOSNN]
     batches = [(x[:5], y[:5]), (x[5:], y[5:])]
-    together = evolve.evaluate_pool(net, archs, batches)
+    together = evaluation.evaluate_pool(net, archs, batches)
     for a, r in zip(archs, together):
-        alone = evolve.evaluate_pool(net, [a], batches)[0]
+        alone = evaluation.evaluate_pool(net, [a], batches)[0]
         assert alone["acc"] == r["acc"] and alone["spikes"] == r["spikes"]
         assert alone["neuron_spikes"] == r["neuron_spikes"] and alone["per_layer"] == r["per_layer"]
     assert len({r["spikes"] for r in together}) > 5

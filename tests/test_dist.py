@@ -1,4 +1,4 @@
-"""Tests of dist.py: N processes (gloo on the CPU, 2 ranks, 1 thread each) against one process.
+"""Tests of plumbing/dist.py: N processes (gloo on the CPU, 2 ranks, 1 thread each) against one process.
 
 Ranks are launched as torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and a
 free port in the environment), either as `python train.py` subprocesses or with
@@ -19,12 +19,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import dist
 import train
 from autosnn import SpikingNetwork
+from plumbing import dist
 from search_space import sample_arch
 
-HERE = Path(__file__).resolve().parent
+
+HERE = Path(__file__).resolve().parent.parent      # the repository root
 TINY = ["--dataset", "synthetic", "--n-train", "64", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
         "--batch-size", "16", "--eval-batch-size", "32", "--log-every", "0", "--device", "cpu", "--threads", "1"]
 SEARCH = ["--iterations", "2", "--pool", "5", "--topk", "2", "--mutations", "2", "--crossovers", "1"]
@@ -268,7 +269,7 @@ TRIALS = r'''
 import json, os, signal, socket, sys, time
 import torch
 import torch.distributed as td
-import dist
+from plumbing import dist
 from files import AutoSNNError
 
 

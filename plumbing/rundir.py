@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 import autosnn
-import dist
-from config import FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config
-from evolve import csv_text
-from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, remove_stale_temps
+from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, csv_text, remove_stale_temps
+from plumbing import dist
+from plumbing.config import FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config
+
 
 CHECKPOINTS = {"supernet": "supernet.pt", "search": "search.pt", "retrain": "child.pt"}
 OLDER = "made by an older version of this project; rerun"
@@ -366,7 +366,7 @@ def environment(device: torch.device) -> dict:
     """What produced the run: versions, git commit of this code, the resolved device, CPU threads."""
     commit = None
     try:
-        here = Path(__file__).resolve().parent
+        here = Path(__file__).resolve().parent.parent      # the repository root
         res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5)
         if res.returncode == 0:

@@ -1,4 +1,4 @@
-"""Tests for events.py (and the event datasets of data.py): the AEDAT readers on hand-encoded bytes, the
+"""Tests for formats/events.py (and the event datasets of data.py): the AEDAT readers on hand-encoded bytes, the
 CIFAR10-DVS orientation, both frame-split rules against hand-computed slices, the frame cache and its key,
 and the background reading of cached frames (errors, early stops, no host sync per batch)."""
 import json
@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import count_host_syncs, cuda_epoch_without_sync
 
 import data
-import events
-import formats
 from data import load_dataset
 from files import AutoSNNError
-from conftest import count_host_syncs, cuda_epoch_without_sync
+from formats import events, readers
+
 
 # ---------------------------------------------------------------------------------------------- writers
 
@@ -216,7 +216,7 @@ def write_cifar10dvs(root):
     """airplane: 11 recordings (index 0..10), every other class 2; recording i of airplane has i + 1 events;
     truck's second recording has 600 events at one pixel (counts above 255 per frame)."""
     base = root / "cifar10dvs"
-    for c, cls in enumerate(formats.CIFAR10DVS_CLASSES):
+    for c, cls in enumerate(readers.CIFAR10DVS_CLASSES):
         (base / cls).mkdir(parents=True)
         for i in range(11 if c == 0 else 2):
             events = [(2, 3, 0, 10 * k) for k in range(i + 1)] if c == 0 else [(c, c, 1, 5), (c, c, 1, 6)]
@@ -243,7 +243,7 @@ def test_cifar10dvs_split_rule_flip_and_cache(tmp_path):
     aug = torch.cat([x for x, _ in ds.split("train").batches(6, generator=torch.Generator().manual_seed(0))])
     flipped = [torch.equal(a, p.flip(-1)) for a, p in zip(aug, plain)]
     assert all(f or torch.equal(a, p) for f, a, p in zip(flipped, aug, plain)) and 0 < sum(flipped) < 18
-    for cls in formats.CIFAR10DVS_CLASSES:                                   # raw recordings gone: the cache is used
+    for cls in readers.CIFAR10DVS_CLASSES:                                   # raw recordings gone: the cache is used
         shutil.rmtree(base / cls)
     again = load_dataset("cifar10dvs", root=tmp_path, T=2)
     assert torch.equal(torch.cat([x for x, _ in again.split("test").batches(4)]), test_x)
@@ -352,18 +352,18 @@ def file_split(tmp_path, n=10, augment=False, cutout=0):
 
 def test_frames_are_read_ahead_by_a_bounded_thread(tmp_path, monkeypatch):
     split = file_split(tmp_path)
-    readers = []
+    threads_seen = []
     read = events.read_frames
-    monkeypatch.setattr(events, "read_frames", lambda p: readers.append(threading.current_thread().name) or read(p))
+    monkeypatch.setattr(events, "read_frames", lambda p: threads_seen.append(threading.current_thread().name) or read(p))
     it = split.batches(1)
     x, y = next(it)
     assert x.shape == (1, 2, 2, 128, 128) and x.sum() == 1 and y.tolist() == [0]
     time.sleep(0.3)
     # one batch consumed, at most PREFETCH waiting in the queue and one more held by the blocked thread
-    assert len(readers) <= 1 + data.PREFETCH + 1
+    assert len(threads_seen) <= 1 + data.PREFETCH + 1
     rest = list(it)
-    assert [int(x.sum()) for x, _ in rest] == list(range(2, 11)) and len(readers) == 10
-    assert set(readers) == {"autosnn-prefetch"} and not prefetch_threads()
+    assert [int(x.sum()) for x, _ in rest] == list(range(2, 11)) and len(threads_seen) == 10
+    assert set(threads_seen) == {"autosnn-prefetch"} and not prefetch_threads()
 
 
 def test_reading_thread_stops_when_the_consumer_stops_or_fails(tmp_path):

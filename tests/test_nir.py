@@ -1,8 +1,8 @@
-"""Tests of nir_export.py: the NIR graph reproduces independent readers' numbers, round trip, bad input.
+"""Tests of export/nir.py: the NIR graph reproduces independent readers' numbers, round trip, bad input.
 
-Golden numbers (testdata/nir/golden.npz) were made by tools/golden_nir.py (see its docstring): the
-small trained network in testdata/nir/model.pt, exported with to_nir, read back from a .nir file and
-run on the 16 images of testdata/nir/inputs.npz, one image and one step at a time, by Norse 1.1
+Golden numbers (tests/data/nir/golden.npz) were made by tools/golden_nir.py (see its docstring): the
+small trained network in tests/data/nir/model.pt, exported with to_nir, read back from a .nir file and
+run on the 16 images of tests/data/nir/inputs.npz, one image and one step at a time, by Norse 1.1
 (its node mapping under nirtorch 2.6) and snnTorch 1.0 (import_from_nir), in a scratch environment.
 Stored: every neuron node's output spikes [T, B, ...] (bit-packed) and the class scores [B, K].
 Spikes may differ only where a membrane lands on the threshold (we fire at v >= v_th, NIR readers
@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from autosnn import MaxPool, Neuron, SpikingNetwork, load_model, save_model
+from autosnn import SpikingNetwork, load_model, save_model
 from baselines import HandcraftedSNN
+from export.nir import graphs_equal, import_nir, run_nir, to_nir, write_nir
 from files import AutoSNNError
-from nir_export import graphs_equal, import_nir, run_nir, to_nir, write_nir
+from layers import MaxPool
+from neurons import Neuron
 
-DATA = Path(__file__).parent / "testdata" / "nir"
+
+DATA = Path(__file__).parent / "data" / "nir"
 MAX_DIFF = 1e-3       # fraction of neuron outputs (all layers, steps, images) allowed to differ
 needs_nir = pytest.mark.skipif(importlib.util.find_spec("nir") is None,
                                reason="needs the nir package (pip install nir)")

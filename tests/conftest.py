@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+
 # a whole pipeline in seconds: 96 synthetic images, width 4, T = 2, 2 + 2 epochs, a 3 x 4 search
 TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
         "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "2", "--retrain-epochs", "2",
@@ -130,6 +131,3 @@ def cuda_epoch_without_sync(split, batch_size: int, seed: int) -> tuple[list, li
     return cpu, [first] + rest
 
 
-def plif_free(net) -> int:
-    """Parameters without the PLIF scalars w (one per neuron layer): the original's counts."""
-    return sum(p.numel() for n, p in net.named_parameters() if not n.endswith(".w"))

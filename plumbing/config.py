@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from autosnn import NEURONS
 from baselines import BASELINES
 from data import DATASETS
 from evolve import SearchConfig
 from files import AutoSNNError, Parser, check_name
+from neurons import NEURONS
 from search_space import check_candidate, get_backbone, resolve_arch
+
 
 STAGES = ("all", "supernet", "search", "retrain", "study")
 AMP = ("fp32", "bf16")

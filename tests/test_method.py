@@ -60,12 +60,15 @@ import random
 import pytest
 import torch
 import torch.nn as nn
-
-import evolve
-import train
-from autosnn import SRB, Neuron, SpikingNetwork
 from conftest import no_plots
-from evolve import Search, SearchConfig
+
+import evaluation
+import train
+from autosnn import SpikingNetwork
+from evolve import SearchConfig
+from layers import SRB
+from neurons import Neuron
+from pareto import make_search
 from search_space import AUTOSNN, Arch, get_backbone, parse_arch, sample_arch
 
 
@@ -323,7 +326,7 @@ TOP = ["SRB_k3"] * 5, ["SRB_k5"] * 5, ["SRB_k3", "SRB_k5", "SRB_k3", "SRB_k5", "
 def search_after_generation0(backbone, top, rest, **cfg):
     """A Search that has 'evaluated' `top` (fitness 0.9, 0.8, ...) and `rest` (fitness <= 0.3),
     with lambda = 0 so fitness = accuracy."""
-    s = Search(backbone, SearchConfig(lam=0.0, topk=len(top), **cfg), 1e5, random.Random(7))
+    s = make_search(backbone, SearchConfig(lam=0.0, topk=len(top), **cfg), 1e5, random.Random(7))
     archs = [Arch(a) for a in (*top, *rest)]
     accs = [0.9 - 0.1 * i for i in range(len(top))] + [0.3 - 0.02 * i for i in range(len(rest))]
     # shuffled so that evaluation order does not line up with fitness
@@ -391,7 +394,7 @@ def test_mutation_children_within_mutation_distance():
 def test_retrain_reports_last_epoch(tmp_path, monkeypatch):
     """The test accuracy of epoch 1 is forced to 0.9 and of every later evaluation to 0.2:
     results.json's test_acc is the last one, the best only in best_test_acc_over_epochs."""
-    real = evolve.evaluate_model
+    real = evaluation.evaluate_model
     accs = iter([0.9])
 
     def scripted(*args, **kwargs):
@@ -442,10 +445,10 @@ def test_evaluate_pool_equals_plain_forward():
     archs += [sample_arch(get_backbone("AutoSNN_4"), rng) for _ in range(4)]
     net, x, y = trained_supernet(archs)
     batches = [(x[:4], y[:4]), (x[4:], y[4:])]
-    pooled = evolve.evaluate_pool(net, archs, batches)
+    pooled = evaluation.evaluate_pool(net, archs, batches)
     spikes = []
     for a, r in zip(archs, pooled):
-        single = evolve.evaluate_model(net, batches, a)
+        single = evaluation.evaluate_model(net, batches, a)
         net.eval()
         with torch.no_grad():
             out, stats = net(x, a)                        # eval BN: batch split does not matter
@@ -474,7 +477,7 @@ def test_recalibrate_bn_is_cumulative_average():
     gen = torch.Generator().manual_seed(9)
     batches = [(torch.randn(5, 3, 32, 32, generator=gen) * (1 + i), None) for i in range(3)]
     try:
-        evolve.recalibrate_bn(child, AUTOSNN, batches)
+        evaluation.recalibrate_bn(child, AUTOSNN, batches)
     finally:
         for h in hooks:
             h.remove()

@@ -6,11 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import count_host_syncs, cuda_epoch_without_sync
 
 import data
 from data import load_dataset
-from conftest import count_host_syncs, cuda_epoch_without_sync
 from files import AutoSNNError
+
 
 # ---------------------------------------------------------------------------------------------- options, constants
 

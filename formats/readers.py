@@ -4,7 +4,7 @@ Owns: the expected layout under the data root, download with md5 checks, safe ta
 readers of CIFAR-10/100 (python pickles), SVHN (.mat), Tiny-ImageNet-200 (JPEG folders) and the folder
 layouts of CIFAR10-DVS and DVS128-Gesture (which recording belongs to which split). Its readers return
 plain numpy arrays (static images uint8 [N, C, H, W], labels int64 [N]); datasets, splits and batches
-are data.py's, the AEDAT files themselves and the frame cache events.py's. No torch, no model code.
+are data.py's, the AEDAT files themselves and the frame cache formats/events.py's. No torch, no model code.
 
 Expected layout under `root` (download=True fetches the first three; place the others by hand):
 
@@ -41,6 +41,7 @@ from types import MappingProxyType
 import numpy as np
 
 from files import AutoSNNError, atomic_write
+
 
 # file name -> (url, md5). Override per call with load_dataset(..., sources={name: (url, md5)}).
 SOURCES = MappingProxyType({
@@ -313,7 +314,7 @@ def _load_tinyimagenet(root: Path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Event-camera datasets: which recordings form each split (reading and caching them: events.py)
+# Event-camera datasets: which recordings form each split (reading and caching them: formats/events.py)
 
 def cifar10dvs_recordings(root: Path):
     """{split: [(aedat path, label)]}: per class, files sorted by their numeric index; the first

@@ -7,12 +7,13 @@ import random
 
 import pytest
 
-import config
-import evolve
 import pareto
-from evolve import Search, SearchConfig, run_search
+import runs
+from evolve import SearchConfig, run_search
 from files import AutoSNNError
-from pareto import crowding_distance, hypervolume, knee, nondominated_sort, pareto_front, pick
+from pareto import crowding_distance, hypervolume, knee, make_search, nondominated_sort, pareto_front, pick
+from plumbing import config
+from plumbing.history import write_history
 from search_space import get_backbone
 
 
@@ -166,7 +167,7 @@ def tradeoff_eval(archs):
 def pareto_search(seed=1, **kw):
     cfg = SearchConfig(**{"search_algo": "pareto", "iterations": 5, "pool": 8, "topk": 4, "mutations": 4,
                           "crossovers": 3, **kw})
-    return Search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(seed))
+    return make_search(get_backbone("AutoSNN_16"), cfg, 1e5, random.Random(seed))
 
 
 def test_pareto_search_is_seeded_and_resumes_bit_identically():
@@ -187,7 +188,7 @@ def test_pareto_search_is_seeded_and_resumes_bit_identically():
     d.load_state_dict(state)
     run_search(d, tradeoff_eval, log=lambda m: None)
     assert d.history == a.history and pareto_front(d.history) == pareto_front(a.history)
-    assert d.chosen() == a.chosen()
+    assert pick(d.history, d.cfg.pick) == pick(a.history, a.cfg.pick)
 
 
 def test_pareto_search_parents_are_survivors(monkeypatch):
@@ -195,19 +196,20 @@ def test_pareto_search_parents_are_survivors(monkeypatch):
     (for the second parent of a crossover: less the first), and every mutant is the flip of a winner
     (mutation_prob 1 on a two-candidate space flips every position)."""
     bb = get_backbone("AutoSNN_16", candidates=("skip_connect", "SCB_k3"))
-    s = Search(bb, SearchConfig(search_algo="pareto", iterations=3, pool=6, topk=3, mutations=3, crossovers=2,
+    s = make_search(bb, SearchConfig(search_algo="pareto", iterations=3, pool=6, topk=3, mutations=3, crossovers=2,
                                 mutation_prob=1.0, tries=40), 1e5, random.Random(3))
     pool = s.propose()
     s.tell(pool, tradeoff_eval(pool))
     elite = {r["arch"] for r, _, _ in pareto.survivors(s.history, 3)}
     entrants, winners = [], []
+    real = pareto.tournament
 
     def spy(pool, rng):
         entrants.append({r["arch"] for r, _, _ in pool})
-        winners.append(pareto.tournament(pool, rng)["arch"])
+        winners.append(real(pool, rng)["arch"])
         return next(r for r, _, _ in pool if r["arch"] == winners[-1])
 
-    monkeypatch.setattr(evolve, "tournament", spy)
+    monkeypatch.setattr(pareto, "tournament", spy)
     nxt = s.propose()
     assert entrants and entrants[0] == elite and all(e <= elite and len(e) >= 2 for e in entrants)
     seconds = [(w, e) for w, e in zip(winners, entrants[1:]) if len(e) == len(elite) - 1]
@@ -232,15 +234,15 @@ def test_pareto_search_with_sops_and_without():
 def test_chosen_follows_pick_and_lambda_default_is_the_fittest():
     s = pareto_search(iterations=3, lam=-0.24)
     run_search(s, tradeoff_eval, log=lambda m: None)
-    assert s.chosen() == s.best()                    # no fitness tie here
+    assert pick(s.history, s.cfg.pick) == s.best()                    # no fitness tie here
     front = pareto_front(s.history)
     s.cfg.pick = "knee"
-    assert s.chosen() == knee(front)
+    assert pick(s.history, s.cfg.pick) == knee(front)
     s.cfg.pick = f"budget:{front[1]['spikes']}"
-    assert s.chosen() == front[1] and s.chosen()["spikes"] < max(r["spikes"] for r in front)
+    assert pick(s.history, s.cfg.pick) == front[1] and pick(s.history, s.cfg.pick)["spikes"] < max(r["spikes"] for r in front)
     s.cfg.pick = f"budget:{front[0]['spikes'] / 2}"
     with pytest.raises(AutoSNNError, match="raise the budget"):
-        s.chosen()
+        pick(s.history, s.cfg.pick)
 
 
 def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
@@ -250,16 +252,16 @@ def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
     cfg = config.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64})
     atomic_write_text(d / "config.json", json.dumps(cfg.to_dict()))
     s = pareto_search(iterations=3, pick="knee")
-    run_search(s, tradeoff_eval, lambda s: evolve.write_history(d, s, atomic_write_text), log=lambda m: None)
+    run_search(s, tradeoff_eval, lambda s: write_history(d, s, atomic_write_text), log=lambda m: None)
     doc = json.loads((d / "search.json").read_text())
     assert (doc["algorithm"], doc["pick"], doc["objectives"]) == ("pareto", "knee", "acc,spikes")
     want = knee(pareto_front(s.history))
-    assert evolve.main(["export", str(d)]) == 0           # no best_arch.txt: the search's own pick
+    assert runs.main(["export", str(d)]) == 0           # no best_arch.txt: the search's own pick
     assert f"--arch {want['arch']}" in capsys.readouterr().out
-    assert evolve.main(["rerank", str(d), "--pick", "budget:1e12"]) == 0
+    assert runs.main(["rerank", str(d), "--pick", "budget:1e12"]) == 0
     most = max(pareto_front(s.history), key=lambda r: r["acc"])
     assert most["arch"] in capsys.readouterr().out.splitlines()[1]
-    assert evolve.main(["rerank", str(d), "--pick", "budget:1"]) == 2
+    assert runs.main(["rerank", str(d), "--pick", "budget:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "raise the budget" in err
 
@@ -308,7 +310,7 @@ def test_pareto_survivors_use_every_objective(monkeypatch):
     assert three != two
     entrants = []
     real = pareto.tournament
-    monkeypatch.setattr(evolve, "tournament", lambda pool, rng: (entrants.append({r["arch"] for r, _, _ in pool}),
+    monkeypatch.setattr(pareto, "tournament", lambda pool, rng: (entrants.append({r["arch"] for r, _, _ in pool}),
                                                                  real(pool, rng))[1])
     s.propose()
     assert entrants[0] == three

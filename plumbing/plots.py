@@ -1,7 +1,7 @@
 """Plots of a run folder: pareto.png (the search's accuracy-spikes trade-off) and curves.png (loss,
 accuracy and spikes per epoch of each training stage). matplotlib is optional and imported here only.
 
-    python evolve.py plot runs/X          # redraw both
+    python3 runs.py plot runs/X          # redraw both
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 
 from files import AutoSNNError, atomic_write
-from pareto import hypervolume, load_history, pareto_front, pick
+from pareto import hypervolume, pareto_front, pick
+from plumbing.history import load_history
 
 
 def plot_run(run_dir, log=print) -> list[str]:

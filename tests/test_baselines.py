@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from conftest import TINY
 
-import evolve
+import runs
 import train
-from autosnn import rate_loss
+from autosnn import count_parameters, rate_loss
 from baselines import BASELINES, HandcraftedSNN
-from conftest import TINY, plif_free
-
+from plumbing import plots
 
 
 # Parameter counts of the original code's factory defaults, PLIF scalars excluded (10 and 100 classes)
@@ -27,8 +27,8 @@ STATIC_COUNTS = {
 
 @pytest.mark.parametrize("name", list(STATIC_COUNTS))
 def test_static_baseline_parameter_counts(name):
-    assert plif_free(HandcraftedSNN(name, 10)) == STATIC_COUNTS[name][0]
-    assert plif_free(HandcraftedSNN(name, 100)) == STATIC_COUNTS[name][1]
+    assert count_parameters(HandcraftedSNN(name, 10), taus=False) == STATIC_COUNTS[name][0]
+    assert count_parameters(HandcraftedSNN(name, 100), taus=False) == STATIC_COUNTS[name][1]
 
 
 @pytest.mark.parametrize("name, classes, count", [
@@ -36,7 +36,7 @@ def test_static_baseline_parameter_counts(name):
     ("dvs-resnet17-zheng", 10, 1_930_752), ("dvs-resnet17-zheng", 11, 1_933_312),
 ])
 def test_dvs_baseline_parameter_counts(name, classes, count):
-    assert plif_free(HandcraftedSNN(name, classes, input_shape=(2, 128, 128))) == count
+    assert count_parameters(HandcraftedSNN(name, classes, input_shape=(2, 128, 128)), taus=False) == count
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
@@ -105,15 +105,15 @@ def test_plots_are_optional(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     notes = []
-    assert evolve.plot_run(d, notes.append) == [] and "matplotlib" in notes[0]
+    assert plots.plot_run(d, notes.append) == [] and "matplotlib" in notes[0]
     monkeypatch.undo()
     pytest.importorskip("matplotlib")
     for f in ("pareto.png", "curves.png"):
         (d / f).unlink(missing_ok=True)
-    assert evolve.main(["plot", str(d)]) == 0
+    assert runs.main(["plot", str(d)]) == 0
     for f in ("pareto.png", "curves.png"):
         assert (d / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert evolve.main(["plot", str(tmp_path)]) == 2
+    assert runs.main(["plot", str(tmp_path)]) == 2
 
 
 def test_load_model_reads_baselines_only(tmp_path):

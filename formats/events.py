@@ -3,7 +3,7 @@
 Owns (paper section 5, CIFAR10-DVS and DVS128-Gesture): reading AEDAT 2.0 (CIFAR10-DVS) and AEDAT 3.1
 (DVS128-Gesture) recordings into event arrays x, y, p, t (int64 [N]), the CIFAR10-DVS orientation, cutting
 a DVS128-Gesture recording into its labelled segments, integrating events into T frames, and caching the
-frames of every sample on disk. Which files make up a dataset and its splits is formats.py's job; the
+frames of every sample on disk. Which files make up a dataset and its splits is formats/readers.py's job; the
 datasets and their batches are data.py's. Nothing is printed: progress goes to the caller's `log` callback.
 
 Bit layouts
@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from files import AutoSNNError, atomic_write
+
 
 SENSOR = (128, 128)   # DVS128: H (y), W (x)
 CACHE_VERSION = 2

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from autosnn import Neuron, SpikingNetwork, compile_network, rate_loss
-from evolve import evaluate_pool
-from measure import VAL_IMAGES, evolution_pool, inputs, sync
+from autosnn import SpikingNetwork, compile_network, rate_loss
+from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, sync
+from evaluation import evaluate_pool
+from neurons import Neuron
+from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch
-from config import tune_cpu_allocator
 
 
 def original_side(path, site, backbone, T, device):
@@ -40,7 +41,7 @@ def original_side(path, site, backbone, T, device):
         torch.Tensor.cuda = lambda self, *a, **k: self
         torch.nn.Module.cuda = lambda self, *a, **k: self
     try:
-        import space                                            # noqa: F401
+        import space  # noqa: F401
         from retrain import childnet
         from spikingjelly.clock_driven import functional
         from train_supernet import supernet
@@ -67,7 +68,7 @@ def beside_original(args) -> dict:
     """img/s of the original and of ours (eager, and with --compile compiled) on the same batches,
     one timed repetition of each form in turn, medians of --reps: child and super-network (a
     random path per step) training and evaluation, and the search (a pool of --pool architectures:
-    ours with shared prefixes, evolve.evaluate_pool; the original one architecture at a time)."""
+    ours with shared prefixes, evaluation.evaluate_pool; the original one architecture at a time)."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

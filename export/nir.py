@@ -2,8 +2,8 @@
 Intermediate Representation read by simulators (Norse, snnTorch, spikingjelly, Lava-DL, Sinabs,
 Rockpool) and neuromorphic toolchains. Needs the `nir` package (pip install nir), imported lazily.
 
-    python evolve.py export runs/X --nir net.nir                       # the retrained network
-    >>> from nir_export import to_nir, write_nir, run_nir
+    python3 runs.py export runs/X --nir net.nir                       # the retrained network
+    >>> from export.nir import to_nir, write_nir, run_nir
     >>> graph = to_nir(net, dt=1.0)          # nir.NIRGraph; net: SpikingNetwork child or HandcraftedSNN
     >>> write_nir("runs/X", "net.nir")       # run folder (model.pt) or a network -> file, written atomically
     >>> scores, spikes = run_nir(graph, images, T=4)   # this module's own small runner of a graph
@@ -47,9 +47,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autosnn import (MODEL_VERSION, POPULATION, SCB, SRB, AvgPoolNeuron, ConvBN, FactorizedReduce,
-                     GlobalPoolNeuron, MaxPool, Neuron, Skip, SpikingNetwork, Stem, load_model)
+from autosnn import MODEL_VERSION, POPULATION, SpikingNetwork, Stem, load_model
 from files import AutoSNNError, atomic_write
+from layers import SCB, SRB, AvgPoolNeuron, ConvBN, FactorizedReduce, GlobalPoolNeuron, MaxPool, Skip
+from neurons import Neuron
+
 
 EXPORT_VERSION = 1     # of this exporter's graph layout and metadata
 
@@ -244,7 +246,7 @@ def to_nir(net: nn.Module, dt: float = 1.0, normalisation=None, pooling: str = "
     norm = "none (raw input)" if normalisation is None else json.dumps(
         {"mean": [float(v) for v in normalisation[0]], "std": [float(v) for v in normalisation[1]]})
     metadata = {
-        "producer": "AutoSNN reference implementation, nir_export.py",
+        "producer": "AutoSNN reference implementation, export/nir.py",
         "export_version": EXPORT_VERSION, "model_format_version": MODEL_VERSION,
         "architecture": arch, "spec": json.dumps(net.spec()), "T": int(net.T),
         "input_shape": json.dumps(list(net.input_shape)),

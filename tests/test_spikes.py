@@ -12,8 +12,8 @@ import torch.nn as nn
 from autosnn import SpikingNetwork
 from layers import Conv, MaxPool
 from neurons import Neuron
-from spikes import Trace, recording
 from search_space import AUTOSNN, parse_arch
+from spikes import Trace, recording
 
 
 def seeded(seed=0):

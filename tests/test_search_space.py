@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from autosnn import SpikingNetwork
-from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout, get_backbone,
-                          parse_arch, resolve_arch, sample_arch)
+from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, full_layout, get_backbone, parse_arch,
+                          resolve_arch, sample_arch)
 
 
 def seeded(seed=0):

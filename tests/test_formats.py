@@ -1,4 +1,4 @@
-"""Tests for formats.py, through data.load_dataset: the CIFAR-10/100, SVHN and Tiny-ImageNet readers on
+"""Tests for formats/readers.py, through data.load_dataset: the CIFAR-10/100, SVHN and Tiny-ImageNet readers on
 tiny files written here in the exact on-disk format, labels that are not integers, download with md5
 checks, safe archive extraction and every error path. (The event datasets' folders: test_events.py.)"""
 import hashlib
@@ -12,10 +12,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from test_data import PAPER_NORMALISATION
 
 from data import load_dataset
 from files import AutoSNNError
-from test_data import PAPER_NORMALISATION
+
 
 CIFAR10_MEAN, CIFAR10_STD = (torch.tensor(v).view(1, 3, 1, 1) for v in PAPER_NORMALISATION["cifar10"])
 

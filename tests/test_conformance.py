@@ -39,7 +39,9 @@ import math
 import pytest
 import torch
 
-from autosnn import SpikingNetwork, TimeBatchNorm, rate_loss
+from autosnn import SpikingNetwork, rate_loss
+from layers import TimeBatchNorm
+
 
 T, BATCH, SEED, LR, GAIN = 8, 8, 17, 1e-3, 6.0
 

@@ -1,7 +1,7 @@
 """Several processes (GPUs or machines) with torch.distributed: what train.py needs, in one place.
 
 A reader of the single-process path can skip this file: without a process group (plain
-`python train.py`) every function here is a no-op or returns its input.
+`python3 train.py`) every function here is a no-op or returns its input.
 
     torchrun --nproc_per_node 8 train.py --dataset cifar10 --preset paper            # one node, 8 GPUs
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY1, assert_same_run, no_plots, one_line, run_cli
 
 import autosnn
 import files
-import rundir
 import train
-from conftest import TINY1, assert_same_run, no_plots, one_line, run_cli
+from plumbing import rundir
 from search_space import AUTOSNN
 
-HERE = Path(__file__).resolve().parent
+
+HERE = Path(__file__).resolve().parent.parent      # the repository root
 pytestmark = pytest.mark.usefixtures("plotless")
 
 

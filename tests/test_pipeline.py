@@ -4,16 +4,18 @@ import os
 
 import pytest
 import torch
-
-import config
-import evolve
-import files
-import train
-import autosnn
-from autosnn import SpikingNetwork
 from conftest import TINY, TINY1, count_syncs, run_cli
+
+import autosnn
+import evaluation
+import files
+import runs
+import train
+from autosnn import SpikingNetwork
 from evolve import fitness
+from plumbing import config
 from search_space import AUTOSNN
+
 
 pytestmark = pytest.mark.usefixtures("plotless")
 
@@ -142,7 +144,7 @@ def test_help_states_defaults(capsys, monkeypatch):
         assert text in out, text
     for argv in (["rerank", "--help"], ["plot", "--help"]):
         with pytest.raises(SystemExit) as e:
-            evolve.main(argv)
+            runs.main(argv)
         assert e.value.code == 0
 
 
@@ -193,7 +195,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys)
 def test_rerank_cli(tmp_path, capsys):
     assert run_cli(tmp_path, "r") == 0
     capsys.readouterr()
-    assert evolve.main(["rerank", str(tmp_path / "r"), "--lam", "-0.24", "--top", "3"]) == 0
+    assert runs.main(["rerank", str(tmp_path / "r"), "--lam", "-0.24", "--top", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()[2:]
     doc = json.loads((tmp_path / "r" / "search.json").read_text())
     expected = sorted(doc["history"], key=lambda h: -fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.24))[:3]
@@ -201,10 +203,10 @@ def test_rerank_cli(tmp_path, capsys):
     for ln, h in zip(lines, expected):
         assert float(ln.split()[0]) == pytest.approx(fitness(h["acc"], h["spikes"], doc["spike_norm"], -0.24),
                                                      abs=1e-4)
-    assert evolve.main(["rerank", str(tmp_path / "nothing")]) == 2
+    assert runs.main(["rerank", str(tmp_path / "nothing")]) == 2
     capsys.readouterr()
     budget = sorted(h["energy_uj"] for h in doc["history"])[5]
-    assert evolve.main(["rerank", str(tmp_path / "r"), "--by", "energy_uj", "--budget", str(budget)]) == 0
+    assert runs.main(["rerank", str(tmp_path / "r"), "--by", "energy_uj", "--budget", str(budget)]) == 0
     lines = capsys.readouterr().out.splitlines()[2:]
     kept = [h for h in doc["history"] if h["energy_uj"] <= budget]
     norm = sorted(h["energy_uj"] for h in doc["history"])[len(doc["history"]) // 2 - 1:len(doc["history"]) // 2 + 1]
@@ -246,7 +248,7 @@ def test_no_host_sync_per_batch(tmp_path, monkeypatch):
     for n in (2, 6):
         counts.append(count_syncs(monkeypatch, lambda: train.train_epoch(
             net, opt, data[:n], n, lambda: None, run, 0, "t")))
-        counts.append(count_syncs(monkeypatch, lambda: evolve.evaluate_model(net, data[:n])))
+        counts.append(count_syncs(monkeypatch, lambda: evaluation.evaluate_model(net, data[:n])))
     assert counts[0] == counts[2] and counts[1] == counts[3], counts     # independent of the batch count
 
 

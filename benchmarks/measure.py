@@ -1,4 +1,4 @@
-"""Timing helpers shared by bench.py (our own forms) and bench_original.py (beside the original):
+"""Timing helpers shared by bench.py (our own forms) and benchmarks/original.py (beside the original):
 device syncs, peak memory, the median of timed repetitions, a random batch, a realistic search pool."""
 import random
 import statistics
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from evolve import Search, SearchConfig
+
 
 VAL_IMAGES = 10_000      # the paper's D_val: search rates are scaled to it
 

@@ -1,0 +1,2 @@
+"""On-disk dataset formats read by data.py: downloads and static image files (readers), event
+recordings and their frame caches (events)."""
