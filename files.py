@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def progress(start: float, done: int, first: int, total: int) -> str:
     elapsed = time.perf_counter() - start
     eta = elapsed / max(done - first, 1) * (total - done)
     return f"elapsed {elapsed:.0f}s ETA {eta:.0f}s"
+
+
+def python() -> str:
+    """How a hint names this interpreter: its bare name when that name on PATH is this interpreter
+    (python3 in a plain install or an activated venv), else its full path."""
+    exe = Path(sys.executable)
+    found = shutil.which(exe.name)
+    return exe.name if found and Path(found).resolve() == exe.resolve() else str(exe)
 
 
 class AutoSNNError(ValueError):

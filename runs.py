@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from evolve import rerank
-from files import AutoSNNError, Parser, read_json
+from files import AutoSNNError, Parser, python, read_json
 from pareto import pareto_front, pick
 from plumbing.history import load_history
 from plumbing.plots import plot_run
@@ -73,7 +73,7 @@ def export_run(run_dir) -> dict:
         arch = resolve_arch(text, backbone)
     except AutoSNNError as e:
         raise AutoSNNError(f"{source}: {e}") from None
-    args = ["python", "train.py", "--stage", "retrain", "--arch", str(arch)]
+    args = [python(), "train.py", "--stage", "retrain", "--arch", str(arch)]
     for sec, k in EXPORT_KEYS + OPTIONAL_KEYS:
         v = cfg[sec][k]
         if (sec, k) in OPTIONAL_KEYS and not v:

@@ -28,7 +28,9 @@ import itertools
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 
 
@@ -41,7 +43,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from data import load_dataset
     from evaluation import evaluate_archs, evaluate_model
     from evolve import run_search
-    from files import AutoSNNError, progress
+    from files import AutoSNNError, progress, python
     from pareto import make_search, pick
     from plumbing import dist
     from plumbing.config import Config, Env, build_parser, user_error
@@ -63,10 +65,12 @@ FLAT_EPOCHS = 3          # ... with a flat loss for this many epochs: diverged
 def main(argv=None) -> int:
     """The pipeline, top to bottom. Everything that can fail on the user's input fails before the run
     folder exists; after that, any failure leaves a folder that --resume continues."""
-    run = None
+    run, previous = None, None
     try:
         cfg, where = resolve(vars(build_parser(__doc__.split("\n\n")[1]).parse_args(argv)))
         dist.setup(cfg.run.device, cfg.run.batch_size, where.path)   # under torchrun: join the other ranks
+        if not dist.active() and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate)
         env = Env(cfg)
         ds = load_data(cfg, env)
         if where.supernet is not None:           # a given super-network's shapes fit this data
@@ -98,17 +102,32 @@ def main(argv=None) -> int:
         why = (e.strerror or str(e)) if isinstance(e, OSError) else "out of memory"
         print(f"error: {why}; continue with --resume {run.path}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:             # Ctrl-C, or SIGTERM (a scheduler, `kill`): the same line
+        sig = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
         if run is not None:
-            print(f"\ninterrupted; continue with: python train.py --resume {run.path}", file=sys.stderr)
+            line = f"interrupted ({sig}); continue with: {python()} train.py --resume {run.path}"
+            with contextlib.suppress(AutoSNNError):
+                run.note(line)                 # log.txt keeps it too
+            print("\n" + line, file=sys.stderr)
         else:
-            print("\ninterrupted before the run folder was created; nothing was saved", file=sys.stderr)
-        return 130
+            print(f"\ninterrupted ({sig}) before the run folder was created; nothing was saved", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         if run is not None:
             run.close()
         dist.shutdown()     # leave the process group, SIGTERM ignored from here on (no-op in one process)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a single process, raised wherever the program is and handled as Ctrl-C: checkpoint
+    writes are atomic under it, and the run resumes. (Under torchrun, plumbing/dist.py handles SIGTERM.)"""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,6 +288,11 @@ class Run:
                 with contextlib.suppress(OSError, ValueError, AttributeError):
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit
 
+    def note(self, msg: str) -> None:
+        """A line for log.txt only (the caller prints it where it belongs, e.g. stderr)."""
+        if self.writes:
+            self._append("log.txt", msg + "\n")
+
     def warn(self, key, msg: str) -> None:
         """Log `msg` the first time `key` is seen in this process."""
         if key not in self.warned:

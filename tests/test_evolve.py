@@ -7,6 +7,7 @@ import json
 import math
 import random
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -20,10 +21,9 @@ import search_space
 from autosnn import SpikingNetwork
 from evolve import SearchConfig, at_chance, run_search
 from files import AutoSNNError, atomic_write_text
-from plumbing.history import write_history
-from plumbing import config, plots
 from pareto import make_search
-from plumbing.history import load_history
+from plumbing import config, plots
+from plumbing.history import load_history, write_history
 from search_space import get_backbone, parse_arch
 
 
@@ -253,7 +253,7 @@ def test_export_prints_arch_and_a_retrain_command_train_accepts(tmp_path, capsys
     assert f"architecture: {best['arch']}" in out and "best_arch.txt" in out
     assert f"generation {best['generation']}," in out and f"val acc {best['acc']:.4f}" in out
     cmd = shlex.split(out.splitlines()[-1])
-    assert cmd[:2] == ["python", "train.py"]
+    assert cmd[:2] == [files.python(), "train.py"] and shutil.which(cmd[0])   # the interpreter running this
     cfg, _ = config.make_config(vars(config.build_parser().parse_args(cmd[2:])))
     assert cfg.run.stage == "retrain" and cfg.retrain.arch == best["arch"]
     assert (cfg.run.dataset, cfg.run.backbone, cfg.run.T, cfg.run.n_train) == ("synthetic", "AutoSNN_16", 2, 64)

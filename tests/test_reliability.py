@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -327,6 +328,38 @@ def test_ctrl_c_before_the_folder_says_nothing_saved(tmp_path, monkeypatch, caps
     monkeypatch.setattr(train, "load_data", interrupt)
     assert cli(tmp_path, "x") == 130
     assert "nothing was saved" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_folder_exists_is_logged_with_the_resume_command(tmp_path, monkeypatch, capsys, sig):
+    """Ctrl-C and SIGTERM (a scheduler's, `kill`'s) print the same line, log.txt keeps it, the exit code
+    is 128 + the signal, and --resume then finishes the run."""
+    real = train.train_supernet
+
+    def signalled(*args):
+        os.kill(os.getpid(), sig)       # delivered at the next bytecode: inside the stage
+        time.sleep(5)
+        return real(*args)
+
+    class Unhandled(Exception):
+        pass
+
+    def guard(signum, frame):            # if train.main installed no handler of its own: fail, don't die
+        raise Unhandled()
+
+    monkeypatch.setattr(train, "train_supernet", signalled)
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        assert cli(tmp_path, "x") == 128 + sig
+        assert signal.getsignal(signal.SIGTERM) is guard            # main() put the handler back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
+    line = f"interrupted ({name}); continue with: {files.python()} train.py --resume {tmp_path / 'x'}"
+    assert capsys.readouterr().err.strip() == line
+    assert (tmp_path / "x" / "log.txt").read_text().splitlines()[-1] == line
+    monkeypatch.setattr(train, "train_supernet", real)
+    assert train.main(["--resume", str(tmp_path / "x")]) == 0 and (tmp_path / "x" / "results.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
