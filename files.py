@@ -30,13 +30,25 @@ from pathlib import Path
 TEMP_MARK = ".tmp-"      # temporary names: .<name>.tmp-<pid>
 
 
-def progress(start: float, done: int, first: int, total: int) -> str:
+def duration(seconds: float) -> str:
+    """42s, 3m05s, 2h14m, 4d03h: a time span as a person reads it in a progress line."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def progress(start: float, done: float, first: float, total: float) -> str:
     """'elapsed 12s ETA 30s' for `done` of `total` units, `first` of them done before `start`
     (a time.perf_counter() reading): the estimate uses this process's rate only, so a resumed run
-    re-estimates it. One rule for every stage's progress line."""
+    re-estimates it. One rule for every stage's progress line (units may be fractions of an epoch)."""
     elapsed = time.perf_counter() - start
-    eta = elapsed / max(done - first, 1) * (total - done)
-    return f"elapsed {elapsed:.0f}s ETA {eta:.0f}s"
+    eta = elapsed / max(done - first, 1e-9) * (total - done)
+    return f"elapsed {duration(elapsed)} ETA {duration(eta)}"
 
 
 def python() -> str:

@@ -60,6 +60,7 @@ except KeyboardInterrupt:
 WEIGHT_BOUND = 1e6       # |weight| or |BN statistic| above this: diverged, though finite
 SATURATED = 0.99         # classifier firing rate at which it fires (almost) always
 FLAT_EPOCHS = 3          # ... with a flat loss for this many epochs: diverged
+EARLY_BATCHES = 10       # the first progress line of a process comes after this many batches
 
 
 def main(argv=None) -> int:
@@ -202,8 +203,11 @@ def loss_fn(net, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_every: int, label: str,
-                autocast=contextlib.nullcontext, time_first_step: bool = False) -> dict:
+                autocast=contextlib.nullcontext, time_first_step: bool = False, stage=None) -> dict:
     """One epoch. path(): the architecture of the next batch (sampled for the super-network).
+    Progress lines every `log_every` batches, and one early in the first epoch of this process (the
+    ETA is known after a few batches); stage = (perf_counter start, epochs done before it by this
+    process's start, this epoch's index, epochs in the stage) adds the stage's ETA.
     Metrics and per-layer spike counts accumulate on the device and are read once per logging
     interval and at the end: no host sync per batch. Returns loss, acc, spikes (per image),
     img_per_s, "layers": {layer name: spikes in the epoch}, "classifier": the classifier neuron's
@@ -233,10 +237,13 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
         n += len(y)
         if i == 1 and time_first_step:
             run.log(f"  first {label} step (torch.compile compiles here): {time.time() - start:.1f}s")
-        if log_every and i % log_every == 0:
+        early = stage is not None and stage[2] == stage[1] and i == min(EARLY_BATCHES, log_every)
+        if log_every and (i % log_every == 0 or early) and i < n_batches:
             s, n_all = dist.sum_over_ranks(sums, n)           # global numbers (one process: as is)
+            eta = (f", {progress(stage[0], stage[2] + i / n_batches, stage[1], stage[3])} of the stage"
+                   if stage is not None else "")
             run.log(f"  {label} batch {i}/{n_batches}: loss {s[0] / n_all:.4f} acc {s[1] / n_all:.4f} "
-                    f"spikes {s[2] / n_all:.0f} ({n_all / (time.time() - start):.0f} img/s)")
+                    f"spikes {s[2] / n_all:.0f} ({n_all / (time.time() - start):.0f} img/s{eta})")
     dist.average_bn_stats(net)                   # every rank now holds the same model
     (loss_sum, correct, spikes), n = dist.sum_over_ranks(sums, n)
     layers: dict = {}
@@ -244,7 +251,7 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
     for nm, c in zip([nm for key in counts for nm in key], flat):
         layers[nm] = layers.get(nm, 0.0) + c
     rate = layers.get(classifier, 0.0) / (n * net.T * size) if classifier else None
-    return {"loss": loss_sum / n, "acc": correct / n, "spikes": spikes / n,
+    return {"loss": loss_sum / n, "acc": correct / n, "chance": 1 / net.num_classes, "spikes": spikes / n,
             "img_per_s": n / (time.time() - start), "layers": layers, "classifier": classifier,
             "classifier_rate": rate}
 
@@ -315,14 +322,14 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
         if env.compile:
             compile_network(net, log=run.log)        # in place: state_dict keys unchanged
         run.log(f"{label}: {count_parameters(net):,} parameters, {len(split)} training images ({nb} batches), "
-                f"{epochs} epochs")
+                f"{epochs} epoch{'s' * (epochs != 1)}")
     final, start = None, time.perf_counter()
     for epoch in range(first, epochs):
         t0 = time.time()
         batches = split.batches(r.batch_size, shuffle=True, generator=data_gen, device=env.device)
         sample = (lambda: sample_arch(net.backbone, path_rng)) if path_rng is not None else (lambda: None)
         m = train_epoch(net, optimizer, batches, nb, sample, run, r.log_every, what, env.autocast,
-                        env.compile and epoch == first)
+                        env.compile and epoch == first, (start, first, epoch, epochs))
         if scheduler is not None:
             scheduler.step()
         m["epoch"] = epoch + 1

@@ -168,9 +168,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     for title, kind in SECTIONS:
         g = p.add_argument_group(f"{title} options")
         for f in fields(kind):
-            short = PRESETS[DEFAULT_PRESET].get(f.name)
-            default = f" (default {f.default!r}" + (f"; {DEFAULT_PRESET} preset {short!r}" if short is not None
-                                                    else "") + ")" if f.default is not None else ""
+            short = PRESETS[DEFAULT_PRESET].get(f.name)      # the default preset's value is the default
+            default = ("" if f.default is None else f" (default {f.default!r})" if short is None
+                       else f" (default {short!r}; --preset paper: {f.default!r})")
             help_text = f"{f.metadata.get('help', '')}{default}".replace("%", "%%")   # argparse formats help
             if isinstance(f.default, bool) or f.default is None:
                 g.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,

@@ -70,12 +70,8 @@ def plot_run(run_dir, log=print) -> list[str]:
         else:
             ax.scatter([chosen["spikes"]], [chosen["acc"]], marker="*", s=220, color="tab:red",
                        label=f"chosen (--pick {rule})", zorder=3)
-        title = f"{doc.get('algorithm', 'evolution')} search, lambda = {doc.get('lam')}"
-        norm_spikes = doc.get("spike_norm")
-        if doc.get("algorithm") == "pareto" and isinstance(norm_spikes, (int, float)) and norm_spikes > 0:
-            hv = hypervolume(h, 0.0, 2 * norm_spikes)
-            title += f"\nfront hypervolume {hv:.4g} (reference: accuracy 0, {2 * norm_spikes:.4g} spikes)"
-        ax.set(xlabel="spikes per image on D_val (count)", ylabel="accuracy on D_val (fraction)", title=title)
+        ax.set(xlabel="spikes per image on D_val (count)", ylabel="accuracy on D_val (fraction)",
+               title=pareto_title(doc))
         ax.legend(loc="lower right", fontsize=8)
         save(fig, "pareto.png")
     rows = read_metrics(run_dir / "metrics.jsonl", log)
@@ -94,11 +90,32 @@ def plot_run(run_dir, log=print) -> list[str]:
                 if test:
                     ax.plot(*zip(*test), "-s", ms=3, label="test")
                     ax.legend(fontsize=8)
+                if key == "acc":                   # the whole range, and chance: noise must not look like learning
+                    chance = next((r["chance"] for r in ms if isinstance(r.get("chance"), (int, float))), None)
+                    if chance is not None:
+                        ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3g})")
+                        ax.legend(fontsize=8)
+                    ax.set_ylim(0, 1)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set(xlabel="epoch", ylabel=label, title=f"{stage}: {label.split(' (')[0]}")
         fig.tight_layout()
         save(fig, "curves.png")
     return written
+
+
+def pareto_title(doc: dict) -> str:
+    """pareto.png's title from search.json: the algorithm, the --pick rule that chose the star, lambda
+    where it acts (the lambda pick, and the evolution's parents), and a pareto search's hypervolume."""
+    rule, algorithm = doc.get("pick", "lambda"), doc.get("algorithm", "evolution")
+    title = f"{algorithm} search, --pick {rule}"
+    if rule == "lambda" or algorithm == "evolution":
+        title += f", lambda = {doc.get('lam')}"
+    norm_spikes = doc.get("spike_norm")
+    if algorithm == "pareto" and isinstance(norm_spikes, (int, float)) and norm_spikes > 0:
+        hv = hypervolume(doc["history"], 0.0, 2 * norm_spikes)
+        title += (f"\nfront hypervolume {hv:,.0f} (accuracy x spikes; reference point: accuracy 0, "
+                  f"{2 * norm_spikes:,.0f} spikes)")
+    return title
 
 
 def read_metrics(path: Path, log=print) -> list[dict]:

@@ -307,6 +307,33 @@ def test_plots_are_written_durably(tmp_path, monkeypatch):
     assert not [p for p in d.iterdir() if "tmp" in p.name]
 
 
+def test_pareto_title_names_the_pick_that_chose_the_star():
+    h = [{"arch": "a", "acc": 0.5, "spikes": 100.0, "fitness": 0.5}, {"arch": "b", "acc": 0.8, "spikes": 300.0,
+                                                                     "fitness": 0.7}]
+    doc = {"algorithm": "pareto", "pick": "knee", "lam": -0.08, "spike_norm": 9226.4, "history": h}
+    title = plots.pareto_title(doc)
+    assert title.startswith("pareto search, --pick knee\n") and "lambda" not in title
+    assert "reference point: accuracy 0, 18,453 spikes" in title and "e+" not in title
+    assert plots.pareto_title({**doc, "pick": "lambda"}).startswith("pareto search, --pick lambda, lambda = -0.08")
+    assert plots.pareto_title({**doc, "algorithm": "evolution", "pick": "budget:200"}) == \
+        "evolution search, --pick budget:200, lambda = -0.08"
+
+
+def test_accuracy_panel_spans_0_to_1_with_a_chance_line(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+    rows = [{"stage": "supernet", "epoch": e, "loss": 0.09, "acc": a, "chance": 0.1, "spikes": 10.0}
+            for e, a in ((1, 0.098), (2, 0.101))]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines, limits = [], []
+    real_line, real_lim = Axes.axhline, Axes.set_ylim
+    monkeypatch.setattr(Axes, "axhline", lambda ax, y, *a, **k: (lines.append(y), real_line(ax, y, *a, **k))[1])
+    monkeypatch.setattr(Axes, "set_ylim", lambda ax, *a, **k: (limits.append(a), real_lim(ax, *a, **k))[1])
+    assert plots.plot_run(tmp_path, lambda m: None) == ["curves.png"]
+    assert lines == [0.1] and (0, 1) in limits
+
+
 # ---------------------------------------------------------------------------------------------
 # Parents, evaluation in eval mode, BN recalibration without host syncs
 # ---------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_help_states_defaults(capsys, monkeypatch):
         train.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for text in ("--supernet-epochs", "default 600; short preset 30", "--lam", "default -0.08", "--search-seed",
+    for text in ("--supernet-epochs", "(default 30; --preset paper: 600)", "--lam", "default -0.08", "--search-seed",
                  "default 99", "--model", "resnet19-zheng", "dry-run"):
         assert text in out, text
     for argv in (["rerank", "--help"], ["plot", "--help"]):
@@ -295,3 +295,20 @@ def test_writer_and_sweeper(tmp_path):
     assert (tmp_path / "new" / "config.json").read_text() == "{}"
     with pytest.raises(files.AutoSNNError, match="already exists"):
         files.create_folder(tmp_path / "new", {"config.json": "{}"})
+
+
+def test_progress_lines_give_the_stage_eta_early(tmp_path):
+    """A process's first epoch logs a progress line after EARLY_BATCHES batches, before the first
+    --log-every line, with the epoch's speed and the stage's ETA; later lines come every --log-every."""
+    assert run_cli(tmp_path, "r", "--stage", "supernet", "--n-train", "400", "--batch-size", "16",
+                   "--supernet-epochs", "2", "--log-every", "15") == 0
+    lines = [ln for ln in (tmp_path / "r" / "log.txt").read_text().splitlines() if " batch " in ln]
+    # D_train: 320 images, 20 batches per epoch: batch 10 (early, epoch 1 only) and 15 (every epoch)
+    assert [ln.split(":")[0].strip() for ln in lines] == ["super-network batch 10/20", "super-network batch 15/20",
+                                                          "super-network batch 15/20"]
+    assert all("img/s, elapsed" in ln and "ETA" in ln and ln.endswith("of the stage)") for ln in lines)
+
+
+def test_durations_read_as_a_person_reads_them():
+    assert [files.duration(s) for s in (0, 42.4, 185, 3600 * 2 + 14 * 60 + 5, 86400 * 4 + 3 * 3600)] == \
+        ["0s", "42s", "3m05s", "2h14m", "4d03h"]
