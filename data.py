@@ -57,7 +57,7 @@ from formats import events, readers
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "cifar10dvs", "dvs128gesture", "synthetic",
             "synthetic-dvs")
 
-# Per-channel (R, G, B) (mean, std) of pixel/255, the paper's and the original's values (PAPER.md section 8);
+# Per-channel (R, G, B) (mean, std) of pixel/255, the paper's and the original's values (its transforms);
 # "synthetic" rounds the measured values (synthetic_images).
 NORMALISATION = MappingProxyType({
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

@@ -142,8 +142,8 @@ def shutdown() -> None:
     too, as a fallback). Idempotent; a no-op in a single process.
 
     SIGTERM is ignored first: torchrun sends it to the survivors when a rank fails, and one that
-    arrives inside destroy_process_group() would stop it halfway with a second traceback (and, in
-    runs reported in issue 19, gloo's threads then aborted the interpreter at exit: "terminate
+    arrives inside destroy_process_group() would stop it halfway with a second traceback (and, as
+    observed, gloo's threads then aborted the interpreter at exit: "terminate
     called without an active exception", SIGABRT)."""
     if _JOB.world == 1:
         return

@@ -1,6 +1,6 @@
 """Helpers shared by the test files: tiny command lines, running train.main with its exit code and
 stderr, a fixture that skips the plots, a made-up evaluator for the search, comparing two runs,
-counting host syncs, and parameters without the PLIF scalars."""
+counting host syncs, seeding, and the paper's normalisation constants."""
 import json
 from dataclasses import dataclass
 
@@ -16,6 +16,21 @@ TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbo
 # smaller still (2 batches per epoch, 2 x 3 search), one thread: the killed subprocesses of
 # test_reliability.py share 2 cores with everything else
 TINY1 = TINY + ["--n-train", "64", "--iterations", "2", "--pool", "3", "--mutations", "1", "--threads", "1"]
+
+
+# The paper's per-channel (R, G, B) mean and std of pixel / 255 (the original's transforms)
+PAPER_NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),        # ImageNet's
+}
+
+
+def seeded(seed=0):
+    """Seed torch's global generator and return a torch.Generator seeded the same way."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def no_plots(*args, **kwargs):

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import count_host_syncs, cuda_epoch_without_sync
+from conftest import PAPER_NORMALISATION, count_host_syncs, cuda_epoch_without_sync
 
 import data
 from data import load_dataset
@@ -32,13 +32,6 @@ def test_bad_options(kwargs, match):
         load_dataset("synthetic", **kwargs)
 
 
-# The paper's per-channel (R, G, B) mean and std of pixel / 255 (PAPER.md section 8; the original's transforms)
-PAPER_NORMALISATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),        # ImageNet's
-}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_NORMALISATION))

@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from test_data import PAPER_NORMALISATION
+from conftest import PAPER_NORMALISATION
 
 from data import load_dataset
 from files import AutoSNNError

@@ -1,5 +1,5 @@
 """Tests aimed at single mechanisms of the method, each written so that the plausible bug it names
-makes it fail (issue 10's mutation exercise; issue 12's gap-filling tests).
+makes it fail (each was applied to the code and seen to fail its test).
 
     bug                                              test
     reset not detached (v * (1 - s), s with grad)    test_bptt_if_by_hand, test_bptt_plif_against_equations
@@ -12,23 +12,23 @@ makes it fail (issue 10's mutation exercise; issue 12's gap-filling tests).
     BN recalibration not a cumulative average        test_recalibrate_bn_is_cumulative_average
     PLIF differs from spikingjelly's                 test_plif_golden_spikingjelly
     --eval-every 0 accepted (crashes after the       test_reliability.py::test_bad_input_one_line_no_folder
-      folder exists; issue 19, bug 6)                  [--eval-every 0]
+      folder exists)                                   [--eval-every 0]
     divergence check ignores BN running statistics   test_reliability.py::test_diverged_weights_stop_training
-      (issue 19, bug 7)                                [bn running_var inf], [bn running_mean 1e7]
+                                                       [bn running_var inf], [bn running_mean 1e7]
     divergence check ignores finite exploded weights test_reliability.py::test_huge_learning_rate_stops_*
     a saturated classifier with a flat loss goes on  test_reliability.py::test_classifier_firing_always_*
     membrane charged as lerp(v, x, k) (the same      test_neurons.py::test_membrane_update_rounds_as_v_plus_
       value, another rounding: flips spikes)           x_minus_v_times_k (the conformance test missed it)
-    compiled neuron loop ignores alpha (bug 1)       test_neurons.py::test_compiled_training_loop_uses_alpha
+    compiled neuron loop ignores alpha               test_neurons.py::test_compiled_training_loop_uses_alpha
     compiled loop falls back to eager past dynamo's  test_neurons.py::test_compiled_no_grad_loop_is_eager_bit_
       recompile limit                                  for_bit_and_never_falls_back
-    SpikeStats.energy() sums the batch (bug 2)       test_spikes.py::test_energy_is_per_image
-    summary()["firing_rate"] not divided by T (3)    test_spikes.py::test_spike_stats_equal_manual_recount
+    SpikeStats.energy() sums the batch               test_spikes.py::test_energy_is_per_image
+    summary()["firing_rate"] not divided by T        test_spikes.py::test_spike_stats_equal_manual_recount
     the population rate on a classifier that never   test_autosnn.py::test_output_is_population_rate_summed_
       fires (a test that could not fail)               over_T (its classifier now fires)
     Pareto front keeps a less accurate record with   test_pareto.py::test_pareto_front_drops_less_accurate_
-      equal spikes (bug 4)                             with_equal_spikes, test_nondominated_sort_with_ties_*
-    chance warning counts the whole history (bug 5)  test_evolve.py::test_chance_warning_counts_the_generation_*
+      equal spikes                                     with_equal_spikes, test_nondominated_sort_with_ties_*
+    chance warning counts the whole history          test_evolve.py::test_chance_warning_counts_the_generation_*
     children of any generation-1 architecture        test_evolve.py::test_evolution_children_are_flips_of_the_*
     evaluate_pool / evaluate_model forget net.eval() test_evolve.py::test_evaluation_runs_in_eval_mode_and_*
     BN recalibration syncs with the host             test_evolve.py::test_recalibrate_bn_reads_nothing_back_*
@@ -36,11 +36,11 @@ makes it fail (issue 10's mutation exercise; issue 12's gap-filling tests).
                                                        test_crowding_distance_by_hand, test_pareto_survivors_*
     a --pick rule ignored or wrong                   test_pareto.py::test_pick_rules_on_a_hand_made_front,
                                                        test_chosen_follows_pick_and_lambda_default_is_the_fittest
-    atomic_write skips the fsync (bug 8)             test_files.py::test_atomic_write_fsyncs_the_whole_file_*
+    atomic_write skips the fsync                     test_files.py::test_atomic_write_fsyncs_the_whole_file_*
     ENOSPC seen only on the outer error              test_files.py (disk_full through a chained error)
     SIGTERM not ignored during shutdown; a second    test_dist.py::test_repeated_runs_and_rank_kills_never_abort
       traceback after a rank kill                      (slow)
-    AEDAT 2.0 events with bit 31 kept (bug 9)        test_events.py::test_aedat20_special_events_are_dropped
+    AEDAT 2.0 events with bit 31 kept                test_events.py::test_aedat20_special_events_are_dropped
     search_split rounds instead of flooring (10)     test_data.py::test_search_split_floors_the_training_part
     SVHN mean/std in the wrong channel order (11)    test_data.py::test_normalisation_constants_are_the_papers_*
     a float CIFAR label truncated                    test_formats.py::test_svhn_float_label_is_refused_*,

@@ -9,16 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from conftest import seeded
 
 from autosnn import SpikingNetwork, rate_loss
 from layers import TimeBatchNorm
 from neurons import Neuron, SpikeFn, atan_surrogate
 from search_space import AUTOSNN
-
-
-def seeded(seed=0):
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ BAD = [
     (["--threads", "-1"], "--threads must be an integer >= 0"),
     (["--threads", "1000"], "--threads must be at most this machine's"),
     (["--log-every", "-1"], "--log-every must be an integer >= 0"),
-    (["--eval-every", "0"], "--eval-every must be an integer >= 1"),          # issue 19, bug 6
+    (["--eval-every", "0"], "--eval-every must be an integer >= 1"),          # once crashed after the folder existed
     (["--seed", str(2**70)], "--seed must be an integer in 0.."),
     (["--seed", "-1"], "--seed must be an integer in 0.."),
     (["--search-seed", str(2**64)], "--search-seed must be an integer in 0.."),
@@ -391,7 +391,7 @@ def bn_buffer(net, name):
 
 
 # A diverged network can keep a finite loss (nothing spikes); its weights give it away, and so do the
-# BN running statistics, which no optimizer step touches (issue 19, bug 7: a check of parameters only).
+# BN running statistics, which no optimizer step touches (a check of parameters alone misses them).
 POISONS = {
     "weight nan": (lambda net: next(net.parameters()).fill_(float("nan")), "weights became non-finite in epoch 2"),
     "bn running_var inf": (lambda net: bn_buffer(net, "running_var").fill_(float("inf")),

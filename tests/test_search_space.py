@@ -12,11 +12,6 @@ from search_space import (AUTOSNN, CANDIDATES, NAMED_ARCHS, Arch, all_archs, ful
                           resolve_arch, sample_arch)
 
 
-def seeded(seed=0):
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 # ---------------------------------------------------------------------------------------------
 # Search space
 # ---------------------------------------------------------------------------------------------

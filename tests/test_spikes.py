@@ -8,17 +8,13 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import seeded
 
 from autosnn import SpikingNetwork
 from layers import Conv, MaxPool
 from neurons import Neuron
 from search_space import AUTOSNN, parse_arch
 from spikes import Trace, recording
-
-
-def seeded(seed=0):
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
