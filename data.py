@@ -25,8 +25,9 @@ the official trials lists, one sample per labelled segment, label = class - 1.
 Transforms. Static: x/255, train-time random crop with 4-pixel zero padding *in raw pixel space* (the
 padded pixels are black and then normalised to -mean/std, as in the original pad -> ToTensor -> Normalize),
 horizontal flip p=0.5, normalise with the dataset mean/std, then optional cutout (one square per image,
-zeroed after normalisation). Event data: raw counts, train-time horizontal flip only (the original applied
-no DVS augmentation), optional cutout on all frames. Test splits and D_val: none.
+zeroed after normalisation); the synthetic images get flips only (their classes are bar heights, which a
+crop would move). Event data: raw counts, train-time horizontal flip only (the original applied no DVS
+augmentation), optional cutout on all frames. Test splits and D_val: none.
 Cutout (default off) is set per dataset, load_dataset(..., cutout=16), or per split, ds.split("train", cutout=16).
 
 Input pipeline. In-memory samples (static images, synthetic events) are copied to the device once, as
@@ -175,7 +176,7 @@ class Split:
 
     labels: int64 [N]. Samples come from `images` (in memory; static uint8 [N, C, H, W], event counts
     [N, T, 2, H, W]) or `files` (one cached .npz per event sample, read per batch so memory stays bounded).
-    augment: random crop (static only) + horizontal flip. cutout: square side, 0 = off.
+    augment: random crop (static data with `crop`) + horizontal flip. cutout: square side, 0 = off.
     mean/std: per-channel normalisation of static data (None for event data).
     log: where a notice goes (samples that do not fit on the device), None: nowhere.
     _copies: per-device copies of the samples, labels and normalisation constants, made on first use;
@@ -188,6 +189,7 @@ class Split:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     augment: bool = False
+    crop: bool = True
     cutout: int = 0
     log: Callable[[str], None] | None = field(default=None, repr=False)
     _copies: dict = field(default_factory=dict, repr=False)
@@ -275,7 +277,7 @@ class Split:
             return None
         d = torch.zeros(B, 5, dtype=torch.long)
         if self.augment:
-            if not self.is_event:
+            if self.crop and not self.is_event:
                 d[:, 0:2] = torch.randint(0, 2 * CROP_PAD + 1, (B, 2), generator=g)
             d[:, 2] = torch.rand(B, generator=g) < 0.5
         if self.cutout:
@@ -287,7 +289,7 @@ class Split:
         x = x.float() if self.is_event else x.float().div_(255.0)
         d = None if draws is None else _to(draws, dev)
         if self.augment:
-            if not self.is_event:
+            if self.crop and not self.is_event:
                 x = crop_padded(x, d[:, 0:2], CROP_PAD)
             x = flip_where(x, d[:, 2].bool())
         if not self.is_event:
@@ -350,7 +352,8 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
             raise AutoSNNError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
         make = synthetic_images if name == "synthetic" else (lambda n, s: synthetic_events(n, s, T))
         (xtr, ytr), (xte, yte) = make(n_train, [seed, 0]), make(n_test, [seed, 1])
-        return _in_memory(name, 10, xtr, ytr, xte, yte, cutout, log, is_event=name == "synthetic-dvs")
+        return _in_memory(name, 10, xtr, ytr, xte, yte, cutout, log, is_event=name == "synthetic-dvs",
+                          crop=False)       # the synthetic classes are positions: flips only
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise AutoSNNError(f"the data root {root} is a file, not a folder; pass a folder (train.py: --data-root)")
@@ -360,13 +363,13 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
     return _in_memory(name, {"cifar100": 100, "tinyimagenet": 200}.get(name, 10), xtr, ytr, xte, yte, cutout, log)
 
 
-def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, log, is_event=False) -> Dataset:
+def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, log, is_event=False, crop=True) -> Dataset:
     for labels, what in ((ytr, "training"), (yte, "test")):
         if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
             raise AutoSNNError(f"{name}: {what} labels must be non-empty and in [0, {num_classes})")
     mean, std = (None, None) if is_event else NORMALISATION[name]
     make = lambda x, y: Split(torch.from_numpy(np.asarray(y, np.int64)), images=torch.from_numpy(x),
-                              is_event=is_event, mean=mean, std=std, log=log)
+                              is_event=is_event, mean=mean, std=std, crop=crop, log=log)
     return Dataset(name, num_classes, tuple(xtr.shape[1:]), is_event, make(xtr, ytr), make(xte, yte), cutout)
 
 
@@ -398,26 +401,25 @@ def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int, lo
 # Synthetic data: no files, deterministic from the seed, labels i % 10 (exactly balanced in every block of 10)
 
 def synthetic_images(n: int, seed, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Oriented gratings -> (uint8 [n, 3, size, size], int64 [n]). Class k: orientation +-(k % 5) * 22.5 deg
-    (random sign, +-5 deg jitter) and frequency band k // 5 (1.5-2.5 or 3.5-5 cycles per image); random
-    phase, Gaussian window (sigma 8-12 px) at a random position, random background colour, grating brighter
-    or darker by 0.3-0.6 per channel, Gaussian pixel noise (std 0.08). Only orientation and frequency carry
-    the class. Pixel mean/std over 2000 images: 0.50/0.22 per channel."""
+    """Horizontal bars -> (uint8 [n, 3, size, size], int64 [n]). Class k: one full-width bar, 2-3 rows
+    thick, at height band k % 5 (rows 3, 9.5, 16, 22.5, 29 of 32, +-1 row), brighter (k < 5) or darker
+    (k >= 5) than the background by 0.25-0.4 per channel; random grey-ish background (0.18-0.82 per
+    channel), Gaussian pixel noise (std 0.08). A left-right flip keeps every class; a crop would move
+    the band, so this set is augmented by flips only. Pixel mean/std over 2000 images: 0.50/0.22 per
+    channel. The classes are easy on purpose: a small super-network learns them within the dry run's
+    minute (the bands are read by the classifier, which sees positions), so its search ranks something.
+    (Position-free cues such as oriented gratings stay at chance for far longer.)"""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 10
-    # +-angle pairs form one class so a horizontal flip (training augmentation) never changes the class
-    theta = rng.choice([-1, 1], n) * ((labels % 5) * np.pi / 8 + rng.uniform(-0.09, 0.09, n))
-    cycles = np.where(labels < 5, rng.uniform(1.5, 2.5, n), rng.uniform(3.5, 5.0, n))
-    phase, sigma = rng.uniform(0, 2 * np.pi, n), rng.uniform(8, 12, n)
-    cy, cx = rng.uniform(0.3 * size, 0.7 * size, (2, n))
-    bg = rng.uniform(0.2, 0.8, (n, 3))
-    fg = np.clip(bg + rng.choice([-1, 1], (n, 1)) * rng.uniform(0.3, 0.6, (n, 3)), 0, 1)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    c, s = (v[:, None, None] for v in (np.cos(theta), np.sin(theta)))
-    grating = 0.5 + 0.5 * np.sin(2 * np.pi * cycles[:, None, None] * (xx * c + yy * s) / size + phase[:, None, None])
-    window = np.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / (2 * sigma[:, None, None] ** 2))
-    a = (grating * window)[:, None]                                                      # [n, 1, H, W]
-    img = bg[:, :, None, None] * (1 - a) + fg[:, :, None, None] * a + rng.normal(0, 0.08, (n, 3, size, size))
+    bg = rng.uniform(0.18, 0.82, (n, 3))
+    top = np.rint(3 + 6.5 * (labels % 5) * size / 32 + rng.uniform(-1, 1, n)).astype(int)
+    thick = rng.integers(2, 4, n)
+    rows = np.arange(size)
+    bar = (rows[None, :] >= top[:, None]) & (rows[None, :] < (top + thick)[:, None])        # [n, size]
+    contrast = np.where(labels < 5, 1.0, -1.0)[:, None] * rng.uniform(0.25, 0.4, (n, 3))      # [n, 3]
+    img = bg[:, :, None, None] + contrast[:, :, None, None] * bar[:, None, :, None]
+    img = img + rng.normal(0, 0.08, (n, 3, size, size))
+    img = np.broadcast_to(img, (n, 3, size, size))
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
