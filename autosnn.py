@@ -20,7 +20,6 @@ operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
 BatchNorm, membranes and spikes stay float32 (BN and neurons cast their input up).
 """
-import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch.utils.checkpoint
 
 from files import AutoSNNError, atomic_write
 from layers import AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block
-from neurons import CompiledLoops, Neuron, neuron_factory, one_step_per_call
+from neurons import neuron_factory, one_step_per_call
 from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch
 from spikes import SpikeStats, Trace, recording
 
@@ -293,7 +292,7 @@ def count_parameters(module: nn.Module, taus: bool = True) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Saved networks and compilation
+# Saved networks
 # ----------------------------------------------------------------------------------------------
 
 MODEL_FORMAT, MODEL_VERSION = "autosnn-model", 1
@@ -362,44 +361,3 @@ def load_model(path, supernet: bool = False, map_location="cpu") -> "SpikingNetw
     except AutoSNNError as e:
         raise AutoSNNError(f"{path}: {e}") from None
     return load_weights(net, doc["state_dict"], path).to(map_location).eval()
-
-
-def compile_network(net: nn.Module, log=print) -> nn.Module:
-    """Give every neuron layer of `net` compiled loops over T (neurons.CompiledLoops), in place
-    (state_dict keys unchanged): training, evaluation, the search and the test pass run compiled.
-
-    The neurons' loops over T are where eager mode pays most (many small element-wise ops); convs
-    and BN already run as library kernels. Compiling the neuron loop rather than the whole forward
-    keeps the super-network usable (its path changes every batch) and the spike counting outside
-    the compiled code; layers with the same (v_th, alpha) share one CompiledLoops, whose graphs
-    turn dynamic in every size but T after the first recompilation, so a network compiles a few
-    graphs, not one per layer. The compiled backward keeps what the compiler's partitioner chooses,
-    with no activation checkpoint around it.
-
-    The no-grad loop is compiled once here on the network's device (its parameters' device), as a
-    probe: without a working compiler there (no C++ compiler, a broken Triton) this logs one line
-    and leaves the network eager. Later graphs compile on first use of a shape; CompiledLoops
-    adds the seconds they took to its `compile_s`."""
-    neurons = [m for m in net.modules() if isinstance(m, Neuron) and m.kind != "ann"]
-    if not neurons:
-        return net
-    param = next(net.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    loops = {}
-    for m in neurons:
-        loops.setdefault((m.v_th, m.alpha), CompiledLoops(m.v_th, m.alpha))
-    try:
-        t = time.perf_counter()
-        probe = neurons[0]
-        with torch.no_grad():
-            loops[(probe.v_th, probe.alpha)](torch.zeros(getattr(net, "T", 2), 2, 3, device=device), probe.leak())
-        seconds = time.perf_counter() - t
-    except Exception as e:                                      # no C++ compiler, no triton, ...
-        log(f"torch.compile unavailable on {device} ({type(e).__name__}: {str(e).splitlines()[0][:120]}): "
-            "running eager")
-        return net
-    for m in neurons:
-        m.loops = loops[(m.v_th, m.alpha)]
-    log(f"compiled the loops of {len(neurons)} neuron layers with torch.compile on {device} (probe graph "
-        f"{seconds:.1f} s; each new input shape compiles on first use, training and evaluation alike)")
-    return net

@@ -4,7 +4,7 @@
     python3 bench.py --device cuda --batch 96          # on a GPU
     python3 bench.py --json                            # the same figures as JSON
     python3 bench.py --quick --json                    # a few seconds: the test suite runs this
-    python3 bench.py --compile                         # neurons compiled (autosnn.compile_network)
+    python3 bench.py --compile                         # neurons compiled (fast.compiled.compile_network)
     python3 bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
     python3 bench.py --end-to-end synthetic            # training fed by data.py vs one batch on the device
     python3 bench.py --original ../AutoSNN --original-site ~/.cache/autosnn-peer-site   # beside the original
@@ -46,12 +46,13 @@ from pathlib import Path
 
 import torch
 
-from autosnn import SpikingNetwork, compile_network, predict, rate_loss
+from autosnn import SpikingNetwork, predict, rate_loss
 from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, reset_peak, sync, timed
 from benchmarks.original import beside_original, original_table
 from data import load_dataset
 from evaluation import evaluate_pool
 from evolve import SearchConfig
+from fast.compiled import compile_network
 from neurons import Neuron
 from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch
@@ -416,7 +417,7 @@ def main(argv=None) -> int:
     p.add_argument("--search-images", type=int, default=256, help="validation images timed (default 256)")
     p.add_argument("--scale-T", type=int, nargs="*", default=[2, 4, 8, 16], help="T values (default 2 4 8 16)")
     p.add_argument("--scale-batch", type=int, nargs="*", default=[16, 32, 64, 96], help="batch sizes")
-    p.add_argument("--compile", action="store_true", help="compile the neuron layers (autosnn.compile_network)")
+    p.add_argument("--compile", action="store_true", help="compile the neuron layers (fast.compiled.compile_network)")
     p.add_argument("--amp", choices=("none", "bf16"), default="none",
                    help="run forwards under torch.autocast in bf16 (default none)")
     p.add_argument("--no-allocator-tuning", action="store_true",

@@ -10,14 +10,12 @@ With x[t] the input current, v[-1] = 0, V_th = 1:
 The update is written once (`neuron_step`). Its execution forms, each tested bit-identical to it:
   - training (autograd): `neuron_loop`, under an activation checkpoint (eager);
   - evaluation (no autograd): `no_grad_loop`, the same arithmetic in place (eager);
-  - compiled (`CompiledLoops`, given to a layer by autosnn.compile_network): `neuron_loop` under
-    torch.compile, one function for training and one for evaluation;
+  - compiled: `neuron_loop` under torch.compile (fast/compiled.py gives a layer its `loops`);
   - one step per call (`one_step_per_call`): the original code's form, the reference in tests.
 Needs only torch: this file copies out alone.
 """
 import functools
 import math
-import time
 from contextlib import contextmanager
 
 import torch
@@ -27,12 +25,6 @@ import torch.utils.checkpoint
 
 
 NEURONS = ("plif", "lif", "if", "ann")
-
-# Compiled graphs one compiled loop may hold: a graph per input rank, T, dtype, (v_th, alpha) and
-# 0/1 sizes, for every network of the process (their loops share one code object, and dynamo keeps
-# graphs per code object). Dynamo's default (8) is below what bench.py's T table alone needs, and
-# past it dynamo silently runs eager.
-RECOMPILE_LIMIT = 256
 
 
 def _float32_at_least(x: torch.Tensor) -> torch.Tensor:
@@ -93,51 +85,12 @@ def no_grad_loop(x, k, v_th):
     return spikes
 
 
-class CompiledLoops:
-    """neuron_loop under torch.compile for one (v_th, alpha): a training function and a no-grad one
-    (two code objects, so grad mode never evicts the other's graphs). x: [T, B, ...] -> spikes.
-
-    Both run neuron_step's arithmetic, so their spikes equal the eager forms bit for bit (tested).
-    Sizes other than T become dynamic after the first recompilation (dynamo's automatic dynamic
-    shapes), so a network compiles a few graphs, not one per layer."""
-
-    def __init__(self, v_th: float, alpha: float):
-        self.v_th, self.alpha = v_th, alpha
-
-        def train_loop(x, k):
-            return neuron_loop(x, k, v_th, alpha)
-
-        def eval_loop(x, k):
-            return neuron_loop(x, k, v_th, alpha)
-
-        self.train, self.eval = torch.compile(train_loop), torch.compile(eval_loop)
-        self.compile_s = 0.0       # seconds spent in the calls that compiled a new graph
-
-    def __call__(self, x, k):
-        fn = self.train if torch.is_grad_enabled() else self.eval
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        t = time.perf_counter()
-        # v_th and alpha stay constants of the graph: closures of one function share dynamo's
-        # state, and a second alpha would otherwise make alpha a traced float, which the
-        # surrogate's backward cannot take
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, specialize_float=True):
-            out = fn(x, k)
-        if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
-            self.compile_s += time.perf_counter() - t
-        return out
-
-    def __deepcopy__(self, memo):       # compiled functions are shared, never copied
-        return self
-
-    def __reduce__(self):               # pickled (a network sent to another process): compile afresh there
-        return CompiledLoops, (self.v_th, self.alpha)
-
-
 class Neuron(nn.Module):
     """A layer of spiking neurons (PLIF default), or ReLU for the ANN ablation. x: [T, B, ...] -> same.
 
     PLIF has one learnable scalar w per layer: 1/tau = sigmoid(w), w0 = -ln(tau0 - 1) (tau0 = 2 -> w0 = 0).
-    `loops`: None runs the eager loops; autosnn.compile_network gives the layer a CompiledLoops.
+    `loops`: None runs the plain loops below; a fast form (fast/compiled.py) may set a callable
+    loops(x, k) -> spikes that computes the same spikes.
     """
 
     spike_kind = "neuron"     # what the network's spike count (spikes.Trace) counts this layer's output as

@@ -38,11 +38,12 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     import torch
     import torch.nn.functional as F
 
-    from autosnn import SpikingNetwork, compile_network, count_parameters, predict, rate_loss
+    from autosnn import SpikingNetwork, count_parameters, predict, rate_loss
     from baselines import HandcraftedSNN
     from data import load_dataset
     from evaluation import evaluate_archs, evaluate_model
     from evolve import run_search
+    from fast.compiled import compile_network
     from files import AutoSNNError, progress, python
     from pareto import make_search, pick
     from plumbing import dist

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from autosnn import SpikingNetwork, compile_network, rate_loss
+from autosnn import SpikingNetwork, rate_loss
 from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, sync
 from evaluation import evaluate_pool
+from fast.compiled import compile_network
 from neurons import Neuron
 from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch

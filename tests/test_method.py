@@ -19,8 +19,8 @@ makes it fail (each was applied to the code and seen to fail its test).
     a saturated classifier with a flat loss goes on  test_reliability.py::test_classifier_firing_always_*
     membrane charged as lerp(v, x, k) (the same      test_neurons.py::test_membrane_update_rounds_as_v_plus_
       value, another rounding: flips spikes)           x_minus_v_times_k (the conformance test missed it)
-    compiled neuron loop ignores alpha               test_neurons.py::test_compiled_training_loop_uses_alpha
-    compiled loop falls back to eager past dynamo's  test_neurons.py::test_compiled_no_grad_loop_is_eager_bit_
+    compiled neuron loop ignores alpha               test_fast.py::test_compiled_training_loop_uses_alpha
+    compiled loop falls back to eager past dynamo's  test_fast.py::test_compiled_no_grad_loop_is_eager_bit_
       recompile limit                                  for_bit_and_never_falls_back
     SpikeStats.energy() sums the batch               test_spikes.py::test_energy_is_per_image
     summary()["firing_rate"] not divided by T        test_spikes.py::test_spike_stats_equal_manual_recount

@@ -1,0 +1,11 @@
+"""Fast execution forms of the network: the same arithmetic as the plain forms in neurons.py and
+layers.py, run with fewer copies, fewer kernel launches or compiled, each tested equal to the plain
+form bit for bit (tests/test_fast.py).
+
+    compiled.py   the neurons' loops over T under torch.compile (CompiledLoops, compile_network)
+    batchnorm.py  per-time-step BatchNorm written into one output (no stack, no unbind copies)
+    graphs.py     a child network's training and evaluation steps captured as CUDA graphs
+
+A reader of the method can skip this folder: the copy-out set (autosnn, layers, neurons, spikes,
+search_space, files) never imports it.
+"""
