@@ -20,7 +20,7 @@ operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
 BatchNorm, membranes and spikes stay float32 (BN and neurons cast their input up).
 """
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from files import AutoSNNError, atomic_write
 from layers import AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block
 from neurons import neuron_factory, one_step_per_call
 from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch
-from spikes import SpikeStats, Trace, recording
+from spikes import Recorder, SpikeStats, Trace
 
 
 POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
@@ -66,20 +66,18 @@ class Stem(nn.Module):
         if kind == "event128":
             self.pool2 = MaxPool()
 
-    def encode(self, x, T, trace=None):
+    def encode(self, x, T):
         """The input current of the stem neuron: [T, B, C, H, W]. x: [B, 3, H, W] or [B, T, 2, H, W]."""
-        with recording(trace, self, "stem"):
-            if self.kind.startswith("event"):
-                return self.bn(self.conv(x.transpose(0, 1)))
-            current = self.bn(self.conv(x.unsqueeze(0)))            # once per image: [1, B, C, H, W]
-            return current.expand(T, -1, -1, -1, -1)                 # the same current at every step
+        if self.kind.startswith("event"):
+            return self.bn(self.conv(x.transpose(0, 1)))
+        current = self.bn(self.conv(x.unsqueeze(0)))            # once per image: [1, B, C, H, W]
+        return current.expand(T, -1, -1, -1, -1)                 # the same current at every step
 
-    def forward(self, current, trace=None):
-        with recording(trace, self, "stem"):
-            s = self.n1(current)
-            if self.kind in ("static64", "event128"):
-                s = self.n2(self.cb2(self.pool1(s)))
-            return self.pool2(s) if self.kind == "event128" else s
+    def forward(self, current):
+        s = self.n1(current)
+        if self.kind in ("static64", "event128"):
+            s = self.n2(self.cb2(self.pool1(s)))
+        return self.pool2(s) if self.kind == "event128" else s
 
 
 def check_input(x: torch.Tensor, T: int, input_shape: tuple, event: bool, what: str = "this network") -> None:
@@ -163,6 +161,7 @@ class SpikingNetwork(nn.Module):
         population = 1 if neuron == "ann" else POPULATION
         self.fc = nn.Linear(cin * side * side, num_classes * population, bias=False)
         self.fc_neuron = None if neuron == "ann" else make_neuron()
+        self.recorder = Recorder(self)      # the counting hooks, once: spikes.Trace is the rule
 
     def _path(self, arch) -> Arch:
         if arch is None:
@@ -182,47 +181,46 @@ class SpikingNetwork(nn.Module):
         blocks = iter(arch)
         return [next(blocks) if p.kind == "search" else None for p in self.backbone.positions]
 
-    def run_position(self, i: int, x: torch.Tensor, block, trace=None) -> torch.Tensor:
+    def run_position(self, i: int, x: torch.Tensor, block) -> torch.Tensor:
         """Backbone position i with the given block (None at a fixed pool). x: [T, B, C, H, W]."""
         layer = self.layers[i] if block is None else self.layers[i][block]
-        name = f"layers.{i}" if block is None else f"layers.{i}.{block}"
-        with recording(trace, layer, name):
-            if self.checkpoint and self.training and torch.is_grad_enabled() and x.requires_grad:
-                # keep only the block's input; recompute its inside during backward (after the
-                # recording ended, so nothing is counted twice), without a second update of its BN
-                # running statistics; nothing inside a block is random, so no RNG state to restore
-                return torch.utils.checkpoint.checkpoint(
-                    layer, x, use_reentrant=False, preserve_rng_state=False,
-                    context_fn=lambda: (nullcontext(), _recomputing(layer)))
-            return layer(x)
+        if self.checkpoint and self.training and torch.is_grad_enabled() and x.requires_grad:
+            # keep only the block's input; recompute its inside during backward (after the forward's
+            # counting ended, so nothing is counted twice), without a second update of its BN
+            # running statistics; nothing inside a block is random, so no RNG state to restore
+            return torch.utils.checkpoint.checkpoint(
+                layer, x, use_reentrant=False, preserve_rng_state=False,
+                context_fn=lambda: (nullcontext(), _recomputing(layer)))
+        return layer(x)
 
-    def head(self, x: torch.Tensor, trace=None) -> torch.Tensor:
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         """(Spiking GAP,) classifier and population average. x: [T, B, C, H, W] -> rates [T, B, K]."""
-        with ExitStack() as watch:
-            for name in ("gap", "fc", "fc_neuron"):
-                if getattr(self, name) is not None:
-                    watch.enter_context(recording(trace, getattr(self, name), name))
-            if self.gap is not None:
-                x = self.gap(x)
-            y = self.fc(x.flatten(2))                                     # [T, B, K * population]
-            if self.fc_neuron is None:
-                return y
-            return population_rates(self.fc_neuron(y), self.num_classes)
+        if self.gap is not None:
+            x = self.gap(x)
+        y = self.fc(x.flatten(2))                                     # [T, B, K * population]
+        if self.fc_neuron is None:
+            return y
+        return population_rates(self.fc_neuron(y), self.num_classes)
 
-    def body(self, current: torch.Tensor, arch: Arch, trace=None) -> torch.Tensor:
+    def body(self, current: torch.Tensor, arch: Arch) -> torch.Tensor:
         """Everything after the analog stem input. current: [T, B, C, H, W] -> class rates [T, B, K]."""
-        x = self.stem(current, trace)
+        x = self.stem(current)
         for i, block in enumerate(self.layout(arch)):
-            x = self.run_position(i, x, block, trace)
-        return self.head(x, trace)
+            x = self.run_position(i, x, block)
+        return self.head(x)
+
+    def trace(self, energy: bool = False) -> Trace:
+        """An empty Trace for one forward of this network (the ANN ablation counts nothing)."""
+        return Trace(counting=self.neuron != "ann", energy=energy, fanouts=self.recorder.fanouts)
 
     def forward(self, x: torch.Tensor, arch=None, energy: bool = False):
         """x: [B, 3, H, W] or [B, T, 2, H, W] -> (out [B, K] class rates summed over T, SpikeStats).
         energy=True also counts synaptic operations (SpikeStats.energy())."""
         arch = self._path(arch)
         self.check_input(x)
-        trace = Trace(counting=self.neuron != "ann", energy=energy)
-        out = self.body(self.stem.encode(x, self.T, trace), arch, trace).sum(0)
+        trace = self.trace(energy)
+        with self.recorder.active(trace):
+            out = self.body(self.stem.encode(x, self.T), arch).sum(0)
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
 
     def forward_stepwise(self, x: torch.Tensor, arch=None, energy: bool = False):
@@ -230,10 +228,10 @@ class SpikingNetwork(nn.Module):
         calls: the original code's form, kept as the reference for equivalence tests and speed."""
         arch = self._path(arch)
         self.check_input(x)
-        trace = Trace(counting=self.neuron != "ann", energy=energy)
-        current = self.stem.encode(x, self.T, trace)
-        with one_step_per_call(self):
-            out = sum(self.body(c.unsqueeze(0), arch, trace)[0] for c in current.unbind(0))
+        trace = self.trace(energy)
+        with self.recorder.active(trace), one_step_per_call(self):
+            current = self.stem.encode(x, self.T)
+            out = sum(self.body(c.unsqueeze(0), arch)[0] for c in current.unbind(0))
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
 
     def path_state_dict(self, arch) -> dict:

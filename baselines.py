@@ -26,7 +26,7 @@ from autosnn import POPULATION, Stem, check_input, load_weights, population_rate
 from files import AutoSNNError
 from layers import SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool
 from neurons import neuron_factory
-from spikes import SpikeStats, Trace, recording
+from spikes import Recorder, SpikeStats, Trace
 
 
 BASELINES = {
@@ -106,6 +106,7 @@ class HandcraftedSNN(nn.Module):
         widths = [cin * side * side] + [C * h for h in hidden] + [num_classes * POPULATION]
         self.fcs = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:]))
         self.fc_neurons = nn.ModuleList(make_neuron() for _ in self.fcs)
+        self.recorder = Recorder(self)      # the counting hooks, once: spikes.Trace is the rule
 
     def spec(self) -> dict:
         """Everything needed to rebuild this network (load_model)."""
@@ -115,10 +116,9 @@ class HandcraftedSNN(nn.Module):
         if arch is not None:
             raise AutoSNNError(f"{self.name} is a fixed network: it takes no architecture")
         check_input(x, self.T, self.input_shape, self.stem.kind.startswith("event"), self.name)
-        trace = Trace(energy=energy)
-        h = self.stem(self.stem.encode(x, self.T, trace), trace)
-        with recording(trace, self.layers, "layers"), recording(trace, self.fcs, "fcs"), \
-                recording(trace, self.fc_neurons, "fc_neurons"):
+        trace = Trace(energy=energy, fanouts=self.recorder.fanouts)
+        with self.recorder.active(trace):
+            h = self.stem(self.stem.encode(x, self.T))
             for layer in self.layers:
                 h = layer(h)
             h = h.flatten(2)

@@ -13,7 +13,7 @@ import torch
 from autosnn import SpikingNetwork, predict
 from layers import TimeBatchNorm
 from search_space import parse_arch
-from spikes import SpikeStats, Trace
+from spikes import SpikeStats
 
 
 @torch.inference_mode()
@@ -35,7 +35,8 @@ def evaluate_pool(net: SpikingNetwork, archs: list, batches, energy: bool = True
 
         def descend(depth, h, trace, members):
             if depth == len(layouts[0]):
-                out = net.head(h, trace).sum(0)
+                with net.recorder.active(trace):
+                    out = net.head(h).sum(0)
                 hit = (predict(out) == y).sum()
                 s = SpikeStats.from_trace(trace, x.shape[0], net.T, x.device)
                 for i in members:
@@ -47,10 +48,14 @@ def evaluate_pool(net: SpikingNetwork, archs: list, batches, energy: bool = True
                 groups.setdefault(layouts[i][depth], []).append(i)
             for block, group in groups.items():
                 branch = trace.copy() if len(groups) > 1 else trace
-                descend(depth + 1, net.run_position(depth, h, block, branch), branch, group)
+                with net.recorder.active(branch):
+                    out = net.run_position(depth, h, block)
+                descend(depth + 1, out, branch, group)
 
-        trace = Trace(counting=net.neuron != "ann", energy=energy)
-        descend(0, net.stem(net.stem.encode(x, net.T, trace), trace), trace, list(range(len(archs))))
+        trace = net.trace(energy)
+        with net.recorder.active(trace):
+            h = net.stem(net.stem.encode(x, net.T))
+        descend(0, h, trace, list(range(len(archs))))
     return [_result(c, s) for c, s in zip(correct, stats)]
 
 
@@ -66,13 +71,15 @@ def _result(correct, stats: SpikeStats) -> dict:
 
 
 @torch.inference_mode()
-def evaluate_model(net, batches, arch=None, energy: bool = True) -> dict:
+def evaluate_model(net, batches, arch=None, energy: bool = True, forward=None) -> dict:
     """Accuracy, spikes and energy estimate of one network (a child, a super-network path with
-    `arch`, or a hand-crafted baseline) in eval mode, through its plain forward."""
+    `arch`, or a hand-crafted baseline) in eval mode, through its plain forward, or through
+    forward(x) -> (out, SpikeStats) when given (a replayed CUDA graph of the same forward)."""
     net.eval()
+    forward = forward or (lambda x: net(x, arch, energy=energy))
     correct, stats = 0, None
     for x, y in batches:
-        out, s = net(x, arch, energy=energy)
+        out, s = forward(x)
         correct = correct + (predict(out) == y).sum()
         stats = s if stats is None else stats + s
     return _result(correct, stats)

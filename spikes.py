@@ -1,8 +1,8 @@
 """Spike bookkeeping of AutoSNN (Na et al., ICML 2022, sec. 3.4): what one forward counted, and the
 statistics read from it (spikes per image, per layer, firing rates, an energy estimate).
 
-The network watches its layers with `recording(trace, module, name)`; `Trace.count` is the whole
-counting rule. A layer says what its output counts as through a class attribute `spike_kind`
+A network counts through its `Recorder` (hooks registered once, on every counted layer);
+`Trace.count` is the whole counting rule. A layer says what its output counts as through a class attribute `spike_kind`
 ('neuron' for neurons.Neuron, 'pool' for autosnn.MaxPool); convolutions and linear layers count
 synaptic operations when energy is asked for. Needs only torch: this file copies out alone.
 """
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 
 class Trace:
-    """What one forward counted. The network watches its layers with `recording(trace, module, name)`
-    (forward hooks, removed after the call), and `count` below is the whole rule (sec. 3.4):
+    """What one forward counted. The network's Recorder hands every counted layer's output to
+    `count` below, which is the whole rule (sec. 3.4):
 
       - every spiking neuron layer: its output spikes (kind 'neuron');
       - every max-pool: its (binary) output counted again (kind 'pool'), as the original does;
@@ -25,10 +25,11 @@ class Trace:
 
     Identity skips count nothing; the ANN ablation (counting=False) counts nothing. Counts are
     detached float64 tensors on the device: no host sync, no autograd. Modules hold no state.
-    Conv fan-outs are computed once per geometry and kept in the trace (and its copies), not globally.
+    Conv fan-outs are computed once per geometry and device and kept in `fanouts` (the network's
+    Recorder passes its own, so they are computed on a network's first forward only), not globally.
     """
 
-    def __init__(self, counting: bool = True, energy: bool = False):
+    def __init__(self, counting: bool = True, energy: bool = False, fanouts: dict | None = None):
         self.counting = counting
         self.energy = energy and counting
         self.counts = {}      # layer name -> spikes over batch and T (float64)
@@ -37,17 +38,17 @@ class Trace:
         self.sops = {}        # weight layer -> synaptic operations over batch and T (float64)
         self.macs = {}        # weight layer -> dense MACs per image per step
         self.analog = {}      # True: analog input, MACs once per image (static stem)
-        self.fanouts = {}     # conv geometry -> [H, W] fan-out, shared with copies (see `fanout`)
+        self.fanouts = {} if fanouts is None else fanouts    # conv geometry -> [H, W] fan-out (`fanout`)
+        self.last = None      # (tensor, its totals): the tensor counted last (see `totals`)
 
     def copy(self):
         """An independent continuation (used to branch a shared prefix of several paths)."""
-        t = Trace(counting=self.counting, energy=self.energy)
+        t = Trace(counting=self.counting, energy=self.energy, fanouts=self.fanouts)
         for k in ("counts", "kinds", "sizes", "sops", "macs", "analog"):
             setattr(t, k, dict(getattr(self, k)))
-        t.fanouts = self.fanouts
+        t.last = self.last
         return t
 
-    @torch.no_grad()
     def count(self, name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         """The counting rule: called after `module` (named `name`) mapped x to y."""
         if not self.counting:
@@ -59,11 +60,28 @@ class Trace:
             self.synapse(name, module, x, y)
 
     def record(self, name: str, spikes: torch.Tensor, kind: str) -> None:
-        """spikes: [T, B, ...] binary. Exact for any batch: float32 sums per image and step stay
-        below 2^24, and their total is taken in float64."""
-        count = spikes.detach().flatten(2).sum(2).sum(dtype=torch.float64)
+        """spikes: [T, B, ...] binary."""
+        count = self.totals(spikes).sum()
         self.counts[name] = self.counts[name] + count if name in self.counts else count
         self.kinds[name], self.sizes[name] = kind, spikes[0, 0].numel()
+
+    def totals(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-position totals of x: [T, B, C, H, W] -> [H, W], [T, B, F] -> [F] (float64, on x's device).
+
+        Exact for spikes and event counts: a float32 matrix-vector product (ones @ rows) adds whole
+        numbers below 2^24 exactly in any order, and is several times faster than a reduction over the
+        leading dimensions. The totals of the tensor counted last are kept, so the convolutions that
+        read a layer's spikes (energy) reuse them instead of reading the spikes again."""
+        if self.last is not None and self.last[0] is x:
+            return self.last[1]
+        shape = x.shape[-2:] if x.dim() >= 4 else x.shape[-1:]
+        rows = x.detach().reshape(-1, shape.numel())
+        with torch.autocast(rows.device.type, enabled=False):     # a bf16 product would round the sums
+            sums = [torch.ones(1, len(part), dtype=rows.dtype, device=rows.device) @ part
+                    for part in rows.split(2**24)]
+        out = sum(s.double() for s in sums).view(shape)
+        self.last = (x, out)
+        return out
 
     def synapse(self, name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         """A weight layer's work. x: its input [T, B, C, H, W] / [T, B, F] (spikes or event counts), y: output.
@@ -71,49 +89,54 @@ class Trace:
         Synaptic operations = sum over input positions of (input value) x (outputs it reaches): for a
         conv, out_channels x the true fan-out of that pixel (fewer at padded edges or with stride).
         Dense MACs (what an ANN or the analog first layer pays) = outputs x inputs per output.
-        Sums run in float32 over at most 2^24 rows of binary spikes (exact), then float64 on [H, W]:
-        no activation-sized float64 copy. (Event counts at the DVS stem: exact while a pixel's
-        count over the batch stays below 2^24.)"""
-        x = x.detach()
+        The analog first layer (an image, not spikes) does no synaptic operation: its MACs count once."""
         analog = getattr(module, "analog", False)
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
             macs = y.shape[-3] * y.shape[-2] * y.shape[-1] * k
-            rows = x.flatten(0, -3)                                     # [T*B*C, H, W]
-            spatial = sum(part.sum(0, dtype=torch.float32).double() for part in rows.split(2**24))
-            key = (module.kernel_size, module.stride, module.padding, module.dilation, tuple(x.shape[-2:]))
-            if key not in self.fanouts:
-                self.fanouts[key] = fanout(module, key[-1]).to(x.device)
-            fan = self.fanouts[key]
-            sops = (spatial * fan).sum() * (module.out_channels // module.groups)
+            if analog:
+                sops = torch.zeros((), dtype=torch.float64, device=x.device)
+            else:
+                key = (module.kernel_size, module.stride, module.padding, module.dilation, tuple(x.shape[-2:]),
+                       x.device)
+                if key not in self.fanouts:
+                    self.fanouts[key] = fanout(module, key[-2]).to(x.device)
+                sops = (self.totals(x) * self.fanouts[key]).sum() * (module.out_channels // module.groups)
         else:                                                            # Linear on [T, B, F]
             macs = module.in_features * module.out_features
-            sops = x.sum(-1, dtype=torch.float32).sum(dtype=torch.float64) * module.out_features
-        if analog:
-            sops = torch.zeros((), dtype=torch.float64, device=x.device)
+            sops = (torch.zeros((), dtype=torch.float64, device=x.device) if analog
+                    else self.totals(x).sum() * module.out_features)
         self.sops[name] = self.sops[name] + sops if name in self.sops else sops
         self.macs[name], self.analog[name] = macs, analog
 
 
-@contextmanager
-def recording(trace, module: nn.Module, name: str):
-    """While the block runs: count what `module`'s layers emit into `trace` (a no-op for None).
-    name: the module's name in the network, the prefix of its layers' names ('layers.0.SRB_k5')."""
-    if trace is None:
-        yield
-        return
-    handles = [m.register_forward_hook(functools.partial(_hook, trace, n))
-               for n, m in module.named_modules(prefix=name)
-               if hasattr(m, "spike_kind") or isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+class Recorder:
+    """A network's counting hooks, registered once when the network is built: while `active(trace)`
+    runs, every counted layer of the network hands its input and output to `trace.count`; otherwise
+    the hooks do nothing. Layer names are their names in the network ('layers.0.SRB_k5.n1'), so a
+    block run on its own under `active` counts under the same names as inside a whole forward.
+    Registered once (not per forward), the hooks let a whole step be compiled or captured."""
+
+    def __init__(self, net: nn.Module):
+        self.trace = None
+        self.fanouts = {}         # conv fan-outs for this network's traces (see Trace)
+        for name, m in net.named_modules():
+            if hasattr(m, "spike_kind") or isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.register_forward_hook(functools.partial(_report, self, name))
+
+    @contextmanager
+    def active(self, trace):
+        """Count into `trace` (a Trace, or None: count nothing) while the block runs."""
+        before, self.trace = self.trace, trace
+        try:
+            yield
+        finally:
+            self.trace = before
 
 
-def _hook(trace, name, module, inputs, output):
-    trace.count(name, module, inputs[0], output)
+def _report(recorder, name, module, inputs, output):
+    if recorder.trace is not None:
+        recorder.trace.count(name, module, inputs[0], output)
 
 
 def fanout(conv: nn.Conv2d, size: tuple) -> torch.Tensor:

@@ -14,7 +14,7 @@ from autosnn import SpikingNetwork
 from layers import Conv, MaxPool
 from neurons import Neuron
 from search_space import AUTOSNN, parse_arch
-from spikes import Trace, recording
+from spikes import Recorder, Trace
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_ann_mode():
 def test_synaptic_ops_hand_count():
     def count(layer, x):
         tr = Trace(energy=True)
-        with recording(tr, layer, "conv"):
+        with Recorder(nn.ModuleDict({"conv": layer})).active(tr):
             layer(x)
         return tr
 
@@ -135,3 +135,81 @@ def test_energy_counts_agree_between_forms():
     assert "layers.1.skip_connect.conv.conv_b" in a.syn_names
     with pytest.raises(ValueError, match="energy=True"):
         net(x, arch)[1].energy()
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorder: hooks registered once, counts and synaptic operations exact
+# ---------------------------------------------------------------------------------------------
+
+def recount(net, x, arch=None):
+    """Every counted layer's count, recounted from its own input and output in float64 with hooks
+    of the test's own: {neuron / max-pool name: spikes}, {conv / linear name: synaptic operations}.
+    A conv's operations: every input spike reaches (in_channels x kernel) outputs it sums into, once per
+    output channel, i.e. conv2d(x, ones) summed, times the output channels."""
+    F = torch.nn.functional
+    spikes, sops, hooks = {}, {}, []
+
+    def hook(name, m, inputs, out):
+        if isinstance(m, (Neuron, MaxPool)):
+            spikes[name] = spikes.get(name, 0) + out.double().sum().item()
+        elif isinstance(m, nn.Conv2d) and not m.analog:
+            x = inputs[0].double().flatten(0, 1)
+            ones = torch.ones(1, m.in_channels, *m.kernel_size, dtype=torch.float64)
+            s = F.conv2d(x, ones, None, m.stride, m.padding, m.dilation).sum().item() * m.out_channels
+            sops[name] = sops.get(name, 0) + s
+        elif isinstance(m, nn.Linear):
+            sops[name] = sops.get(name, 0) + inputs[0].double().sum().item() * m.out_features
+    for name, m in net.named_modules():
+        if isinstance(m, (Neuron, MaxPool, nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o)))
+    try:
+        _, stats = net(x, arch, energy=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats, spikes, sops
+
+
+@pytest.mark.parametrize("backbone, arch, shape", [
+    ("SNN_3_4", "skip_connect-skip_connect-SRB_k3-SCB_k3-SRB_k5-skip_connect-SRB_k3-SCB_k3", (3, 32, 32)),
+    ("SNN_2_4", "SRB_k3-SCB_k5-skip_connect-SRB_k5-SCB_k3", (3, 32, 32)),
+    ("AutoSNN_4", "SCB_k3-SRB_k3-skip_connect-SRB_k5-SCB_k5", (2, 128, 128)),
+])
+def test_counts_and_synaptic_ops_equal_a_float64_recount(backbone, arch, shape):
+    """Spikes per layer and synaptic operations per weight layer, exactly as a float64 recount from
+    each layer's own input and output: factorized-reduce skips (whose second conv reads a shifted
+    view of the spikes the first one reads), SRB shortcuts reading the block input twice, a spiking
+    GAP (SNN_2), max-pools, the DVS stem on event counts."""
+    seeded(31)
+    net = SpikingNetwork(backbone, 3, T=2, input_shape=shape, v_th=0.5).eval()
+    x = torch.randint(0, 3, (2, 2, *shape)).float() if shape[0] == 2 else torch.randn(2, *shape) * 2
+    with torch.no_grad():
+        stats, spikes, sops = recount(net, x, arch)
+    assert dict(zip(stats.names, stats.counts.tolist())) == spikes and sum(spikes.values()) > 0
+    got = dict(zip(stats.syn_names, stats.sops.tolist()))
+    assert {n: s for n, s in got.items() if s or n in sops} == sops and sum(sops.values()) > 0
+
+
+def test_recorder_hooks_are_registered_once_and_count_only_when_active():
+    """The network's hooks are set when it is built: a forward adds or removes none (and conv
+    fan-outs are computed once); layers run outside `active` count nothing; a deep copy counts into
+    its own traces only."""
+    seeded(32)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    hooks = [len(m._forward_hooks) for m in net.modules()]
+    assert sum(hooks) == sum(1 for m in net.modules() if isinstance(m, (Neuron, MaxPool, nn.Conv2d, nn.Linear)))
+    x = torch.randn(2, 3, 32, 32) * 2
+    _, stats = net(x, energy=True)
+    assert [len(m._forward_hooks) for m in net.modules()] == hooks and stats.spikes > 0
+    fanouts = dict(net.recorder.fanouts)                 # computed on the first forward only
+    assert fanouts and net(x, energy=True)[1].sops.sum() > 0 and net.recorder.fanouts == fanouts
+    tr = Trace()
+    net.stem(net.stem.encode(x, 2))                      # no active trace: nothing recorded anywhere
+    with net.recorder.active(tr):
+        h = net.stem(net.stem.encode(x, 2))
+    assert list(tr.counts) == ["stem.n1"] and net.recorder.trace is None
+    twin = copy.deepcopy(net)
+    other = Trace()
+    with twin.recorder.active(other):
+        twin.run_position(0, h, net.arch[0])
+    assert list(other.counts) == ["layers.0.SRB_k5.n1", "layers.0.SRB_k5.n2"] and list(tr.counts) == ["stem.n1"]
