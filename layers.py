@@ -41,12 +41,19 @@ class TimeBatchNorm(nn.BatchNorm2d):
     at a time) does: in training each step is normalised with its own B-sample statistics and the
     running statistics are updated T times in sequence. Eval uses the running statistics, in one
     call for all steps. Runs in float32 under autocast (its buffers stay float32).
+    `per_step`: None runs plain_steps below in training; a fast form (fast/batchnorm.py) may set a
+    callable per_step(bn, x) with the same results.
     """
+    per_step = None
 
     def forward(self, x):
         x = _float32_at_least(x)
         if not self.training:
             return fold(super().forward, x)
+        return self.plain_steps(x) if self.per_step is None else self.per_step(self, x)
+
+    def plain_steps(self, x):
+        """Training: BatchNorm2d on x[0], x[1], ... in turn, stacked. x: [T, B, C, H, W] -> same."""
         return torch.stack([super(TimeBatchNorm, self).forward(x_t) for x_t in x])
 
 

@@ -72,7 +72,8 @@ def neuron_loop(x, k, v_th, alpha):
 
 def no_grad_loop(x, k, v_th):
     """neuron_loop's arithmetic in place, for evaluation (no graph to build). x: [T, B, ...] -> spikes.
-    Bit-identical to it: v >= v_th exactly when v - v_th >= 0, and v * 0 = 0 for the v >= v_th > 0 reset."""
+    Bit-identical to it: v >= v_th exactly when v - v_th >= 0, and the reset v - v * s equals
+    v * (1 - s) for s in {0, 1}."""
     spikes = torch.empty_like(x)
     v = torch.zeros_like(x[0])
     for t in range(x.shape[0]):
@@ -81,7 +82,7 @@ def no_grad_loop(x, k, v_th):
         else:
             v += (x[t] - v) * k
         torch.ge(v, v_th, out=spikes[t])
-        v.masked_fill_(spikes[t].bool(), 0.0)
+        v.addcmul_(v, spikes[t], value=-1)          # v' = v (1 - s), with no mask to allocate
     return spikes
 
 
