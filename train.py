@@ -43,7 +43,9 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from data import load_dataset
     from evaluation import evaluate_archs, evaluate_model
     from evolve import run_search
+    from fast.batchnorm import use_step_batch_norm
     from fast.compiled import compile_network
+    from fast.graphs import GraphedSteps
     from files import AutoSNNError, progress, python
     from pareto import make_search, pick
     from plumbing import dist
@@ -204,11 +206,12 @@ def loss_fn(net, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_every: int, label: str,
-                autocast=contextlib.nullcontext, time_first_step: bool = False, stage=None) -> dict:
+                autocast=contextlib.nullcontext, time_first_step: bool = False, stage=None, steps=None) -> dict:
     """One epoch. path(): the architecture of the next batch (sampled for the super-network).
     Progress lines every `log_every` batches, and one early in the first epoch of this process (the
     ETA is known after a few batches); stage = (perf_counter start, epochs done before it by this
     process's start, this epoch's index, epochs in the stage) adds the stage's ETA.
+    steps: a fast.graphs.GraphedSteps of a child network, whose train() runs forward, loss and backward.
     Metrics and per-layer spike counts accumulate on the device and are read once per logging
     interval and at the end: no host sync per batch. Returns loss, acc, spikes (per image),
     img_per_s, "layers": {layer name: spikes in the epoch}, "classifier": the classifier neuron's
@@ -218,10 +221,13 @@ def train_epoch(net, optimizer, batches, n_batches: int, path, run: Run, log_eve
     start = time.time()
     for i, (x, y) in enumerate(dist.shard(batches), 1):      # this rank's slice of each global batch
         optimizer.zero_grad(set_to_none=True)   # unsampled candidates keep grad None: Adam skips them
-        with autocast():
-            out, stats = net(x, path())
-            loss = loss_fn(net, out, y)
-        loss.backward()
+        if steps is not None:
+            out, stats, loss = steps.train(x, y)
+        else:
+            with autocast():
+                out, stats = net(x, path())
+                loss = loss_fn(net, out, y)
+            loss.backward()
         dist.average_gradients(net, len(y))      # the path's gradients, averaged over ranks
         optimizer.step()
         with torch.no_grad():
@@ -296,10 +302,12 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
 
 
 def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epochs: int, seed: int, label: str,
-        path_rng: random.Random | None = None, scheduler=None, evaluate=None, every: int = 1, extra=None):
+        path_rng: random.Random | None = None, scheduler=None, evaluate=None, every: int = 1, extra=None,
+        steps=None):
     """The epoch loop of the super-network (kind "supernet": a path drawn from path_rng per batch) and
     of retraining ("retrain": one network; evaluate() on the test set every `every` epochs and after
     the last). Resumes from run/<CHECKPOINTS[kind]> when it exists; checkpoints after every epoch.
+    steps: CUDA-graph forms of the training step (fast.graphs.GraphedSteps), or None.
     Returns (the last checkpoint, the last evaluation or None)."""
     r, what = cfg.run, {"supernet": "super-network", "retrain": "retraining"}[kind]
     ckpt = run.path / CHECKPOINTS[kind]
@@ -320,8 +328,11 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
     run.cut_metrics(kind, "epoch", first)
     nb = -(-len(split) // r.batch_size)
     if first < epochs:
+        use_step_batch_norm(net)                     # bit-identical, fewer copies (CPU; fast/batchnorm.py)
         if env.compile:
             compile_network(net, log=run.log)        # in place: state_dict keys unchanged
+        if env.cuda_graphs and steps is None:
+            run.log("CUDA graphs: the super-network runs a new path every batch: running eager")
         run.log(f"{label}: {count_parameters(net):,} parameters, {len(split)} training images ({nb} batches), "
                 f"{epochs} epoch{'s' * (epochs != 1)}")
     final, start = None, time.perf_counter()
@@ -330,7 +341,7 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
         batches = split.batches(r.batch_size, shuffle=True, generator=data_gen, device=env.device)
         sample = (lambda: sample_arch(net.backbone, path_rng)) if path_rng is not None else (lambda: None)
         m = train_epoch(net, optimizer, batches, nb, sample, run, r.log_every, what, env.autocast,
-                        env.compile and epoch == first, (start, first, epoch, epochs))
+                        env.compile and epoch == first, (start, first, epoch, epochs), steps)
         if scheduler is not None:
             scheduler.step()
         m["epoch"] = epoch + 1
@@ -464,16 +475,18 @@ def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: d
     milestones = [rc.retrain_epochs // 2, rc.retrain_epochs * 3 // 4] if rc.optimizer == "sgd" else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, 0.1)
     test = ds.split("test")
+    steps = GraphedSteps(net, loss_fn, env.autocast, run.log) if env.cuda_graphs else None
 
     def test_eval():
         with env.autocast():
-            res = evaluate_model(net, test.batches(env.eval_batch_size, device=env.device))
+            res = evaluate_model(net, test.batches(env.eval_batch_size, device=env.device),
+                                 forward=steps.evaluate if steps else None)
         warn_silent(run, res["per_layer"], "on the test set")
         return res
 
     label = f"retrain {rc.model or f'{net.arch} on {r.backbone}'}"
     ck, final = fit(cfg, run, env, net, optimizer, "retrain", ds.split("train"), rc.retrain_epochs, r.seed + 1,
-                    label, scheduler=scheduler, evaluate=test_eval, every=rc.eval_every)
+                    label, scheduler=scheduler, evaluate=test_eval, every=rc.eval_every, steps=steps)
     run.save_network(net, "model.pt")
     silent = final["silent_layers"]
     results = {"model": rc.model or "autosnn", "arch": None if rc.model else str(net.arch),

@@ -70,6 +70,8 @@ class RunConfig:
     amp: str = opt("fp32", "fp32, or bf16: convolutions and classifier under bf16 autocast (membranes, "
                            "BN statistics and spike counts stay fp32)")
     compile: bool = opt(None, "torch.compile the network (default: on for CUDA, off for CPU)")
+    cuda_graphs: bool = opt(False, "replay the retrained network's training and test steps as CUDA graphs "
+                                   "(bit-identical to eager; the super-network and the CPU run eager)")
     out: str = opt("runs", "parent folder of run folders")
     name: str = opt("", "run folder name, inside --out ('': <stage>-<dataset>-<time>)")
     supernet_path: str = opt("", "super-network checkpoint (supernet.pt) for --stage search or --inherit",
@@ -375,6 +377,7 @@ class Env:
             tune_cpu_allocator()
         set_determinism(r.deterministic)
         self.compile = (self.device.type == "cuda") if r.compile is None else r.compile
+        self.cuda_graphs = r.cuda_graphs
         self.amp = r.amp == "bf16"
         # on a CPU results do not depend on it (eval-mode BN); on a GPU the algorithm choice may differ
         self.eval_batch_size = r.eval_batch_size or (768 if self.device.type == "cuda" else 256)

@@ -105,3 +105,192 @@ def test_compiled_training_loop_uses_alpha():
     (gx, gw), (ex, ew) = grads
     assert gx.abs().sum() > 0
     assert torch.allclose(gx, ex, rtol=1e-5, atol=1e-6) and torch.allclose(gw, ew, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-step BatchNorm written into one output
+# ---------------------------------------------------------------------------------------------
+
+def grads_and_state(net, run):
+    """run() -> loss; then every parameter's gradient and every buffer, in order."""
+    run().backward()
+    return ([p.grad.clone() for p in net.parameters() if p.grad is not None] + [b.clone() for b in net.buffers()])
+
+
+@pytest.mark.parametrize("T, B, C, H, momentum", [(4, 5, 3, 6, 0.1), (3, 2, 1, 5, 0.1), (2, 4, 6, 1, None),
+                                                  (1, 3, 4, 3, 0.3), (3, 6, 2, 2, None)])
+def test_step_batch_norm_is_the_plain_form_bit_for_bit(T, B, C, H, momentum):
+    """StepBatchNorm against TimeBatchNorm's plain per-step form, two training calls: outputs,
+    input / weight / bias gradients, running statistics and num_batches_tracked, equal bit for bit
+    (C = 1 and H = W = 1 are the shapes where BatchNorm2d's CPU kernel takes other paths;
+    momentum None is the cumulative average)."""
+    from fast.batchnorm import use_step_batch_norm
+    from layers import TimeBatchNorm
+    seeded(40)
+    plain = TimeBatchNorm(C, momentum=momentum)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-0.5, 0.5)
+        plain.running_mean.normal_(), plain.running_var.uniform_(0.5, 2)
+    fast = copy.deepcopy(plain)
+    assert use_step_batch_norm(fast) == 1 and fast.per_step is not None
+    for _ in range(2):
+        x = torch.randn(T, B, C, H, H) * 2 + 1
+        g = torch.randn(T, B, C, H, H)
+        out = []
+        for bn in (plain, fast):
+            xr = x.clone().requires_grad_()
+            y = bn(xr)
+            y.backward(g)
+            out.append([y, xr.grad])
+        assert all(torch.equal(a, b) for a, b in zip(*out))
+    assert torch.equal(plain.weight.grad, fast.weight.grad) and torch.equal(plain.bias.grad, fast.bias.grad)
+    assert all(torch.equal(a, b) for a, b in zip(plain.buffers(), fast.buffers()))
+    assert int(fast.num_batches_tracked) == 2 * T
+
+
+def test_step_batch_norm_network_equals_plain_after_adam_steps():
+    """A child network with StepBatchNorm in every BN layer against the plain network, three
+    training steps with Adam (one under bf16 autocast, one with a block-level activation
+    checkpoint, whose recomputation must leave the running statistics alone): the same loss,
+    every gradient and every buffer bit for bit after each step, then the same eval output."""
+    from fast.batchnorm import use_step_batch_norm
+    seeded(41)
+    plain = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=3, v_th=0.5)
+    fast = copy.deepcopy(plain)
+    assert use_step_batch_norm(fast) > 5
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2) for n in (plain, fast)]
+    x, y = torch.randn(4, 3, 32, 32) * 2, torch.tensor([0, 1, 2, 0])
+    for step, (amp, checkpoint) in enumerate([(False, False), (True, False), (False, True)]):
+        got = []
+        for net, opt in zip((plain, fast), opts):
+            net.checkpoint = checkpoint
+            opt.zero_grad(set_to_none=True)
+
+            def run():
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    out, stats = net(x)
+                return rate_loss(out.float(), y, 3)
+            got.append(grads_and_state(net, run))
+            opt.step()
+        assert len(got[0]) == len(got[1]) and all(torch.equal(a, b) for a, b in zip(*got)), step
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), fast.state_dict().values()))
+    plain.eval(), fast.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(x)[0], fast(x)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs (the CPU fallback here; the graphs themselves where a GPU exists)
+# ---------------------------------------------------------------------------------------------
+
+def test_graphed_steps_fall_back_to_eager_off_cuda_with_one_line():
+    """On a CPU GraphedSteps logs one line and runs the plain steps: the same loss, gradients and
+    evaluation output as calling the network."""
+    from fast.graphs import GraphedSteps
+    seeded(42)
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=2, v_th=0.5)
+    twin = copy.deepcopy(net)
+    lines = []
+    steps = GraphedSteps(net, lambda n, out, y: rate_loss(out, y, n.T), log=lines.append)
+    assert len(lines) == 1 and "CUDA graphs need a CUDA device" in lines[0]
+    x, y = torch.randn(2, 3, 32, 32) * 2, torch.tensor([0, 2])
+    out, stats, loss = steps.train(x, y)
+    out2, stats2 = twin(x)
+    loss2 = rate_loss(out2, y, 2)
+    loss2.backward()
+    assert torch.equal(loss, loss2) and torch.equal(stats.counts, stats2.counts)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(net.parameters(), twin.parameters()))
+    net.eval(), twin.eval()
+    (o, s), (o2, s2) = steps.evaluate(x), twin(x, energy=True)
+    assert torch.equal(o, o2) and torch.equal(s.sops, s2.sops) and s.sops.sum() > 0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def cuda_plain_algorithms():
+    """cuDNN's default algorithm choice (no autotuning), restored afterwards."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
+@cuda
+def test_cuda_graphs_equal_eager_bit_for_bit(cuda_plain_algorithms):
+    """A child network trained with GraphedSteps (2 eager warm-up steps, then capture and replays,
+    and one shorter batch that runs eager) against the same network trained eagerly, Adam after
+    every step: outputs, spike counts, loss, every gradient, every parameter and buffer equal bit
+    for bit after each step; then the evaluation forward (captured after 2 warm-up calls)."""
+    from fast.graphs import GraphedSteps
+    seeded(43)
+    dev = torch.device("cuda")
+    eager = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=3, v_th=0.5).to(dev)
+    graphed = copy.deepcopy(eager)
+    loss_fn = lambda n, out, y: rate_loss(out, y, n.T)                      # noqa: E731
+    lines = []
+    steps = GraphedSteps(graphed, loss_fn, log=lines.append)
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2) for n in (eager, graphed)]
+    g = torch.Generator().manual_seed(0)
+    for i, batch in enumerate([8, 8, 8, 8, 5, 8]):
+        x = (torch.randn(batch, 3, 32, 32, generator=g) * 2).to(dev)
+        y = torch.randint(0, 3, (batch,), generator=g).to(dev)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        out_e, stats_e = eager(x)
+        loss_e = loss_fn(eager, out_e, y)
+        loss_e.backward()
+        out_g, stats_g, loss_g = steps.train(x, y)
+        assert torch.equal(out_e, out_g) and torch.equal(loss_e, loss_g), i
+        assert torch.equal(stats_e.counts, stats_g.counts) and stats_g.spikes > 0, i
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(eager.parameters(), graphed.parameters())), i
+        for opt in opts:
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(eager.state_dict().values(), graphed.state_dict().values())), i
+    assert any("captured the train step" in line for line in lines), lines
+    eager.eval(), graphed.eval()
+    for i in range(4):
+        x = (torch.randn(8, 3, 32, 32, generator=g) * 2).to(dev)
+        with torch.inference_mode():
+            out_e, stats_e = eager(x, energy=True)
+        out_g, stats_g = steps.evaluate(x)
+        assert torch.equal(out_e, out_g) and torch.equal(stats_e.counts, stats_g.counts), i
+        assert torch.equal(stats_e.sops, stats_g.sops), i
+    assert any("captured the eval step" in line for line in lines), lines
+
+
+@cuda
+def test_compiled_loops_equal_eager_on_cuda_bit_for_bit(cuda_plain_algorithms):
+    """The compiled neuron loops on CUDA (Triton, with the inductor options that keep eager
+    rounding) against eager: spikes in training and in evaluation and the input gradient bit for
+    bit (the PLIF w gradient is a sum over every unit, which the compiled backward adds in another
+    order: close, as on a CPU). Inputs crowd the threshold, so a contracted FMA in v + (x - v) * k
+    or an approximate division in the surrogate would show."""
+    seeded(44)
+    dev = torch.device("cuda")
+    n = Neuron("plif", alpha=3.0).to(dev)
+    with torch.no_grad():
+        n.w.fill_(0.8137)
+    eager = copy.deepcopy(n)
+    compiled(n)
+    for shape in [(4, 16, 8, 9, 9), (6, 32, 300)]:
+        x = (torch.rand(shape, device=dev) * 2.2).requires_grad_()
+        g = torch.randn(shape, device=dev)
+        got = []
+        for m in (n, eager):
+            xr = x.detach().clone().requires_grad_()
+            s = m(xr)
+            got.append((s, *torch.autograd.grad((s * g).sum(), [xr, m.w])))
+            with torch.no_grad():
+                got.append((m(x.detach()),))
+        assert 0 < got[1][0].sum() < got[1][0].numel()
+        assert torch.equal(got[0][0], got[2][0]) and torch.equal(got[1][0], got[3][0]), shape
+        assert torch.equal(got[0][1], got[2][1]), shape
+        assert torch.allclose(got[0][2], got[2][2], rtol=1e-4, atol=1e-6), shape
+    net = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=3, v_th=0.5).to(dev)
+    plain = copy.deepcopy(net)
+    compiled(net)
+    x = torch.randn(4, 3, 32, 32, device=dev) * 2
+    (oa, sa), (ob, sb) = net(x), plain(x)
+    assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts) and sa.spikes > 0
