@@ -5,6 +5,7 @@
     python3 bench.py --json                            # the same figures as JSON
     python3 bench.py --quick --json                    # a few seconds: the test suite runs this
     python3 bench.py --compile                         # neurons compiled (fast.compiled.compile_network)
+    python3 bench.py --device cuda --cuda-graphs       # the child's steps replayed as CUDA graphs (fast.graphs)
     python3 bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
     python3 bench.py --end-to-end synthetic            # training fed by data.py vs one batch on the device
     python3 bench.py --original ../AutoSNN --original-site ~/.cache/autosnn-peer-site   # beside the original
@@ -13,6 +14,9 @@
 spikingjelly 0.0.0.0.2, e.g. `pip install --no-deps --target DIR spikingjelly==0.0.0.0.2` and
 --original-site DIR) on the same work as ours, alternately (one timed rep of each form in turn),
 and prints img/s and ratios (see `original_side` and `beside_original`).
+
+Our network runs as train.py runs it: per-step BatchNorm written into one output (fast/batchnorm.py,
+bit-identical to the plain form), and with the options given, compiled and/or as CUDA graphs.
 
 Figures, each the median of --reps timed repetitions after --warmup untimed ones:
   train img/s     forward + backward + Adam step, train mode
@@ -52,7 +56,9 @@ from benchmarks.original import beside_original, original_table
 from data import load_dataset
 from evaluation import evaluate_pool
 from evolve import SearchConfig
+from fast.batchnorm import use_step_batch_norm
 from fast.compiled import compile_network
+from fast.graphs import WARMUP, GraphedSteps
 from neurons import Neuron
 from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch
@@ -73,9 +79,11 @@ def saved_mib(net, x, arch) -> float:
     return sum(storages.values()) / 2**20
 
 
-def speed(net, x, y, make_path, device, reps, warmup, stepwise=False, amp=None) -> dict:
+def speed(net, x, y, make_path, device, reps, warmup, stepwise=False, amp=None, graphs=False) -> dict:
     """Train and eval images/s of `net`; make_path() gives a fresh path chooser (the same sequence
-    of architectures for every form compared). amp: a dtype for torch.autocast, or None."""
+    of architectures for every form compared). amp: a dtype for torch.autocast, or None.
+    graphs: run the steps through fast.graphs.GraphedSteps (captured after its warm-up steps,
+    which run untimed here)."""
     forward = net.forward_stepwise if stepwise else net.forward
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     path = make_path()
@@ -83,14 +91,25 @@ def speed(net, x, y, make_path, device, reps, warmup, stepwise=False, amp=None) 
     def autocast():
         return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
+    steps = GraphedSteps(net, lambda n, out, y_: rate_loss(out.float(), y_, n.T), autocast, log=lambda line: None,
+                         energy=False) if graphs else None
+    if graphs:
+        warmup = max(warmup, WARMUP + 1)
+
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with autocast():
-            out, _ = forward(x, path())
-        rate_loss(out.float(), y, net.T).backward()
+        if steps is not None:
+            steps.train(x, y)
+        else:
+            with autocast():
+                out, _ = forward(x, path())
+            rate_loss(out.float(), y, net.T).backward()
         opt.step()
 
     def eval_step():
+        if steps is not None:
+            steps.evaluate(x)
+            return
         with torch.inference_mode(), autocast():
             forward(x, path())
 
@@ -151,6 +170,7 @@ def end_to_end(args, device) -> dict:
     ds = load_dataset(args.end_to_end, T=args.T, n_train=args.batch * (args.reps + args.warmup + 1), n_test=10)
     net = SpikingNetwork(args.backbone, ds.num_classes, resolve_arch(args.arch, args.backbone), args.T,
                          ds.input_shape).to(device)
+    use_step_batch_norm(net)
     if args.compile:
         compile_network(net, log=lambda line: None)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -223,6 +243,8 @@ def run(args) -> dict:
     amp = {"bf16": torch.bfloat16, "none": None}[args.amp]
     eager_child = copy.deepcopy(child)
     notes = []
+    for net in (child, sup):
+        use_step_batch_norm(net)                # as train.py runs them (bit-identical)
     if args.compile:
         for net in (child, sup):
             compile_network(net, log=notes.append)
@@ -237,12 +259,16 @@ def run(args) -> dict:
     res = {"config": {"backbone": args.backbone, "arch": str(child.arch), "T": args.T, "batch": args.batch,
                       "device": str(device), "threads": torch.get_num_threads(), "reps": args.reps,
                       "allocator_tuning": device.type == "cpu" and not args.no_allocator_tuning,
-                      "torch": torch.__version__, "compile": args.compile, "amp": args.amp, "notes": notes}}
+                      "torch": torch.__version__, "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+                      "amp": args.amp, "notes": notes}}
     if args.compile or amp is not None:
         res["agreement"] = [agreement(child, eager_child, x, amp, train=train)
                             for train in ((True, False) if args.compile else (False,))]
+    if args.cuda_graphs:
+        GraphedSteps(child, None, log=notes.append)     # says where graphs cannot run (the CPU)
     for name, net, path in (("child", child, fixed), ("supernet", sup, random_path)):
-        ours = speed(net, x, y, path, device, args.reps, args.warmup, amp=amp)
+        ours = speed(net, x, y, path, device, args.reps, args.warmup, amp=amp,
+                     graphs=args.cuda_graphs and name == "child")
         ref = speed(net, x, y, path, device, args.reps, args.warmup, stepwise=True)
         res[name] = {**ours, "stepwise": ref,
                      "train_ratio": ours["train_img_s"] / ref["train_img_s"],
@@ -253,6 +279,7 @@ def run(args) -> dict:
     res["scale_T"] = []
     for T in args.scale_T:
         net = SpikingNetwork(args.backbone, 10, child.arch, T).to(device)
+        use_step_batch_norm(net)
         if args.compile:
             compile_network(net, log=lambda line: None)
         row = {"T": T, **speed(net, x, y, fixed, device, args.reps, args.warmup, amp=amp)}
@@ -276,7 +303,8 @@ def table(res: dict) -> str:
         return (f"{c['backbone']} child, T={c['T']}, batch {c['batch']}, {c['device']}, {c['threads']} threads, "
                 f"torch {c['torch']}: training fed by data.py ({e['dataset']}) {e['fed_train_img_s']:.1f} img/s, "
                 f"on one batch already on the device {e['on_device_train_img_s']:.1f} img/s (ratio {e['ratio']:.2f})")
-    form = " ".join(w for w, on in (("compiled neurons", c["compile"]), (f"autocast {c['amp']}", c["amp"] != "none"))
+    form = " ".join(w for w, on in (("compiled neurons", c["compile"]), ("CUDA graphs (child)", c.get("cuda_graphs")),
+                                     (f"autocast {c['amp']}", c["amp"] != "none"))
                     if on) or "eager fp32"
     lines = [f"{c['backbone']} {c['arch']}, T={c['T']}, batch {c['batch']}, {c['device']}, {c['threads']} threads, "
              f"torch {c['torch']}, {form} (medians of {c['reps']})", *c["notes"], "",
@@ -418,6 +446,8 @@ def main(argv=None) -> int:
     p.add_argument("--scale-T", type=int, nargs="*", default=[2, 4, 8, 16], help="T values (default 2 4 8 16)")
     p.add_argument("--scale-batch", type=int, nargs="*", default=[16, 32, 64, 96], help="batch sizes")
     p.add_argument("--compile", action="store_true", help="compile the neuron layers (fast.compiled.compile_network)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="the child's steps as CUDA graphs (fast.graphs; with --original: a form of its own)")
     p.add_argument("--amp", choices=("none", "bf16"), default="none",
                    help="run forwards under torch.autocast in bf16 (default none)")
     p.add_argument("--no-allocator-tuning", action="store_true",

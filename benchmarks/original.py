@@ -2,8 +2,10 @@
 
 PATH is a checkout of the original code (github nabk89/AutoSNN); it needs spikingjelly 0.0.0.0.2
 importable (`pip install --no-deps --target DIR spikingjelly==0.0.0.0.2`, then --original-site DIR).
-Each form (original, ours eager, ours compiled) runs one timed repetition in turn, so load changes
-touch all of them alike; medians of --reps. The original is imported here only, never by the tests.
+Each form (original, ours eager, ours compiled with --compile, ours as CUDA graphs with
+--cuda-graphs: the child's steps only) runs one timed repetition in turn, so load changes touch all
+of them alike; medians of --reps. "Ours" runs as train.py does: per-step BatchNorm written into one
+output (fast/batchnorm.py, bit-identical). The original is imported here only, never by the tests.
 """
 import copy
 import random
@@ -17,7 +19,9 @@ import torch
 from autosnn import SpikingNetwork, rate_loss
 from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, sync
 from evaluation import evaluate_pool
+from fast.batchnorm import use_step_batch_norm
 from fast.compiled import compile_network
+from fast.graphs import WARMUP, GraphedSteps
 from neurons import Neuron
 from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch
@@ -81,10 +85,16 @@ def beside_original(args) -> dict:
     arch = resolve_arch(args.arch, args.backbone)
     ours = {"child": SpikingNetwork(args.backbone, 10, arch, args.T).to(device),
             "supernet": SpikingNetwork(args.backbone, 10, None, args.T).to(device)}
+    for net in ours.values():
+        use_step_batch_norm(net)                # as train.py runs them (bit-identical)
     compiled, notes = {}, []
     if args.compile:
         for name, net in ours.items():
             compiled[name] = compile_network(copy.deepcopy(net), log=notes.append)
+    graphed = graphs = None                     # CUDA graphs of the child (of the compiled one with --compile)
+    if args.cuda_graphs:
+        graphed = copy.deepcopy(compiled.get("child", ours["child"]))
+        graphs = GraphedSteps(graphed, lambda n, out, y_: rate_loss(out, y_, n.T), log=notes.append, energy=False)
     random.seed(0)
     theirs = {"child": o["childnet"].SpikingNetwork(args.backbone, 10, o["snn"], arch=list(_with_pools(arch, o)),
                                                      args=o["ns"](dataset_name="CIFAR10", macro_type=args.backbone,
@@ -97,14 +107,20 @@ def beside_original(args) -> dict:
 
     def our_step(net, train, rng):
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        steps = graphs if net is graphed else None
 
         def step():
             path = None if net.arch is not None else sample_arch(net.backbone, rng)
             if train:
                 opt.zero_grad(set_to_none=True)
-                out, _ = net(x, path)
-                rate_loss(out, y, net.T).backward()
+                if steps is not None:
+                    steps.train(x, y)
+                else:
+                    out, _ = net(x, path)
+                    rate_loss(out, y, net.T).backward()
                 opt.step()
+            elif steps is not None:
+                steps.evaluate(x)
             else:
                 with torch.inference_mode():
                     net(x, path)
@@ -150,7 +166,8 @@ def beside_original(args) -> dict:
     for case, train in (("child train", True), ("child eval", False), ("super-network train", True),
                         ("super-network eval", False), ("search", False)):
         key = "child" if case.startswith("child") else "supernet"
-        forms = {"original": theirs[key], "ours": ours[key], **({"ours compiled": compiled[key]} if compiled else {})}
+        forms = {"original": theirs[key], "ours": ours[key], **({"ours compiled": compiled[key]} if compiled else {}),
+                 **({"ours graphs": graphed} if graphed is not None and key == "child" else {})}
         for net in forms.values():
             net.train(train)
         if case == "search":
@@ -165,8 +182,8 @@ def beside_original(args) -> dict:
             step()                                   # compiles, with --compile
             sync(device)
             first[f] = time.perf_counter() - t
-            for _ in range(args.warmup - 1):
-                step()
+            for _ in range(max(args.warmup - 1, WARMUP if f == "ours graphs" else 0)):
+                step()                               # a graph is captured after WARMUP eager steps
         for _ in range(args.reps):                   # interleaved: every form once per repetition
             for f, step in steps.items():
                 sync(device)
@@ -187,7 +204,7 @@ def beside_original(args) -> dict:
     return {"config": {"backbone": args.backbone, "arch": str(arch), "T": args.T, "batch": args.batch,
                        "search_images": args.search_images, "pool": args.pool, "device": str(device),
                        "threads": torch.get_num_threads(), "reps": args.reps, "torch": torch.__version__,
-                       "compile": args.compile, "notes": notes},
+                       "compile": args.compile, "cuda_graphs": args.cuda_graphs, "notes": notes},
             "rows": rows, "compile_s": compile_s if compiled else None}
 
 
@@ -204,9 +221,10 @@ def original_table(res: dict) -> str:
              f"{c['search_images']} images, scaled to {VAL_IMAGES:,}), {c['device']}, {c['threads']} threads, torch "
              f"{c['torch']}; medians of {c['reps']} interleaved repetitions", *c["notes"], "",
              f"{'':28}" + "".join(f"{f:>15}" for f in forms) + "".join(f"{'ratio' + f[4:]:>17}" for f in forms[1:])]
-    for r in res["rows"]:
-        lines.append(f"{r['case'] + ' ' + r['unit']:28}" + "".join(f"{r['rate'][f]:15.2f}" for f in forms)
-                     + "".join(f"{r['ratio'][f]:16.2f}x" for f in forms[1:]))
+    for r in res["rows"]:                       # CUDA graphs: the child rows only ("-" elsewhere)
+        lines.append(f"{r['case'] + ' ' + r['unit']:28}"
+                     + "".join(f"{r['rate'][f]:15.2f}" if f in r["rate"] else f"{'-':>15}" for f in forms)
+                     + "".join(f"{r['ratio'][f]:16.2f}x" if f in r["ratio"] else f"{'-':>17}" for f in forms[1:]))
     if res["compile_s"] is not None:
         first = {r["case"]: r["first_s"]["ours compiled"] for r in res["rows"]}
         lines.append("compile: " + f"{res['compile_s']:.1f} s in calls that compiled a neuron-loop graph; first "
