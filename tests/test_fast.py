@@ -1,21 +1,17 @@
 """The fast execution forms (fast/) against the plain forms, bit for bit: the compiled neuron
-loops, per-step BatchNorm written into one output, counting through hooks registered once, and
-(where a GPU exists) CUDA graphs and the compiled loops on CUDA.
+loops, per-step BatchNorm written into one output, the CUDA graphs' fallback, and (where a GPU
+exists) CUDA graphs and the compiled loops on CUDA. (Counting: test_spikes.py.)
 """
 import copy
 
 import pytest
 import torch
+from conftest import seeded
 
 from autosnn import SpikingNetwork, rate_loss
 from fast.compiled import compile_network
 from neurons import Neuron
 from search_space import AUTOSNN
-
-
-def seeded(seed=0):
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def by_steps(n, x):
