@@ -2,9 +2,10 @@
 statistics read from it (spikes per image, per layer, firing rates, an energy estimate).
 
 A network counts through its `Recorder` (hooks registered once, on every counted layer);
-`Trace.count` is the whole counting rule. A layer says what its output counts as through a class attribute `spike_kind`
-('neuron' for neurons.Neuron, 'pool' for autosnn.MaxPool); convolutions and linear layers count
-synaptic operations when energy is asked for. Needs only torch: this file copies out alone.
+`Trace.count` is the whole counting rule. A layer says what its output counts as through a class
+attribute `spike_kind` ('neuron' for neurons.Neuron, 'pool' for layers.MaxPool); convolutions and
+linear layers count synaptic operations when energy is asked for. Needs only torch: this file
+copies out alone.
 """
 import functools
 from contextlib import contextmanager
@@ -68,10 +69,12 @@ class Trace:
     def totals(self, x: torch.Tensor) -> torch.Tensor:
         """Per-position totals of x: [T, B, C, H, W] -> [H, W], [T, B, F] -> [F] (float64, on x's device).
 
-        Exact for spikes and event counts: a float32 matrix-vector product (ones @ rows) adds whole
-        numbers below 2^24 exactly in any order, and is several times faster than a reduction over the
-        leading dimensions. The totals of the tensor counted last are kept, so the convolutions that
-        read a layer's spikes (energy) reuse them instead of reading the spikes again."""
+        A float32 matrix-vector product (ones @ rows, over at most 2^24 rows at a time) adds whole
+        numbers exactly in any order while the sums stay below 2^24: always for spikes (event counts
+        at the DVS stem: while a pixel's count over the batch does); it is several times faster
+        than a reduction over the leading dimensions. The totals of the tensor counted last are
+        kept, so the convolutions that read a layer's spikes (energy) reuse them instead of reading
+        the spikes again."""
         if self.last is not None and self.last[0] is x:
             return self.last[1]
         shape = x.shape[-2:] if x.dim() >= 4 else x.shape[-1:]
