@@ -120,7 +120,8 @@ class GraphedSteps:
         """Record one step of `mode` on copies of `inputs`; None (logged) if it cannot be captured.
         Nothing runs while recording, so the first replay is the step itself."""
         params = [p for p in self.net.parameters() if p.requires_grad]
-        static_in = [a.clone() for a in inputs]
+        with torch.inference_mode(False):           # ordinary tensors: later copies may run outside it
+            static_in = [a.clone() for a in inputs]
         graph = torch.cuda.CUDAGraph()
         if self.stream is None:
             self.stream = torch.cuda.Stream()
