@@ -58,10 +58,10 @@ class CompiledLoops:
         self.v_th, self.alpha = v_th, alpha
 
         def train_loop(x, k):
-            return neuron_loop(x, k, v_th, alpha)
+            return neuron_loop(x, lambda: k, v_th, alpha)
 
         def eval_loop(x, k):
-            return neuron_loop(x, k, v_th, alpha)
+            return neuron_loop(x, lambda: k, v_th, alpha)
 
         options = inductor_options()
         self.train = torch.compile(train_loop, options=options)
