@@ -15,8 +15,9 @@ spikingjelly 0.0.0.0.2, e.g. `pip install --no-deps --target DIR spikingjelly==0
 --original-site DIR) on the same work as ours, alternately (one timed rep of each form in turn),
 and prints img/s and ratios (see `original_side` and `beside_original`).
 
-Our network runs as train.py runs it: per-step BatchNorm written into one output (fast/batchnorm.py,
-bit-identical to the plain form), and with the options given, compiled and/or as CUDA graphs.
+Our network runs as train.py runs it: per-step BatchNorm and convolutions without their copies
+(fast/steps.py, bit-identical to the plain forms), and with the options given, compiled and/or as
+CUDA graphs.
 
 Figures, each the median of --reps timed repetitions after --warmup untimed ones:
   train img/s     forward + backward + Adam step, train mode
@@ -56,7 +57,7 @@ from benchmarks.original import beside_original, original_table
 from data import load_dataset
 from evaluation import evaluate_pool
 from evolve import SearchConfig
-from fast.batchnorm import use_step_batch_norm
+from fast.steps import use_step_layers
 from fast.compiled import compile_network
 from fast.graphs import WARMUP, GraphedSteps
 from neurons import Neuron
@@ -170,7 +171,7 @@ def end_to_end(args, device) -> dict:
     ds = load_dataset(args.end_to_end, T=args.T, n_train=args.batch * (args.reps + args.warmup + 1), n_test=10)
     net = SpikingNetwork(args.backbone, ds.num_classes, resolve_arch(args.arch, args.backbone), args.T,
                          ds.input_shape).to(device)
-    use_step_batch_norm(net)
+    use_step_layers(net)
     if args.compile:
         compile_network(net, log=lambda line: None)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -244,7 +245,7 @@ def run(args) -> dict:
     eager_child = copy.deepcopy(child)
     notes = []
     for net in (child, sup):
-        use_step_batch_norm(net)                # as train.py runs them (bit-identical)
+        use_step_layers(net)                # as train.py runs them (bit-identical)
     if args.compile:
         for net in (child, sup):
             compile_network(net, log=notes.append)
@@ -279,7 +280,7 @@ def run(args) -> dict:
     res["scale_T"] = []
     for T in args.scale_T:
         net = SpikingNetwork(args.backbone, 10, child.arch, T).to(device)
-        use_step_batch_norm(net)
+        use_step_layers(net)
         if args.compile:
             compile_network(net, log=lambda line: None)
         row = {"T": T, **speed(net, x, y, fixed, device, args.reps, args.warmup, amp=amp)}

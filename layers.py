@@ -40,11 +40,17 @@ class Conv(nn.Conv2d):
     Plain NCHW, as the original: channels_last makes oneDNN pick other kernels whose rounding flips
     spikes of membranes that sit at the threshold (training stopped matching the original)."""
 
+    per_step = None     # a fast form (fast/steps.py) may set per_step(conv, x) with plain()'s results
+
     def __init__(self, cin, cout, k, stride=1, analog=False):
         super().__init__(cin, cout, k, stride, k // 2, bias=False)
         self.analog = analog      # its input is an image, not spikes (energy: MACs, not accumulates)
 
     def forward(self, x):
+        return self.plain(x) if self.per_step is None else self.per_step(self, x)
+
+    def plain(self, x):
+        """x: [T, B, Cin, H, W] -> [T, B, Cout, H/s, W/s], over time by `over_time`."""
         return over_time(super().forward, x, self.weight)
 
 
@@ -55,7 +61,7 @@ class TimeBatchNorm(nn.BatchNorm2d):
     at a time) does: in training each step is normalised with its own B-sample statistics and the
     running statistics are updated T times in sequence. Eval uses the running statistics, in one
     call for all steps. Runs in float32 under autocast (its buffers stay float32).
-    `per_step`: None runs plain_steps below in training; a fast form (fast/batchnorm.py) may set a
+    `per_step`: None runs plain_steps below in training; a fast form (fast/steps.py) may set a
     callable per_step(bn, x) with the same results.
     """
     per_step = None

@@ -43,7 +43,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from data import load_dataset
     from evaluation import evaluate_archs, evaluate_model
     from evolve import run_search
-    from fast.batchnorm import use_step_batch_norm
+    from fast.steps import use_step_layers
     from fast.compiled import compile_network
     from fast.graphs import GraphedSteps
     from files import AutoSNNError, progress, python
@@ -328,7 +328,7 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
     run.cut_metrics(kind, "epoch", first)
     nb = -(-len(split) // r.batch_size)
     if first < epochs:
-        use_step_batch_norm(net)                     # bit-identical, fewer copies (CPU; fast/batchnorm.py)
+        use_step_layers(net)                         # bit-identical, fewer copies and calls (CPU; fast/steps.py)
         if env.compile:
             compile_network(net, log=run.log)        # in place: state_dict keys unchanged
         if env.cuda_graphs and steps is None:

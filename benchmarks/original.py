@@ -4,8 +4,9 @@ PATH is a checkout of the original code (github nabk89/AutoSNN); it needs spikin
 importable (`pip install --no-deps --target DIR spikingjelly==0.0.0.0.2`, then --original-site DIR).
 Each form (original, ours eager, ours compiled with --compile, ours as CUDA graphs with
 --cuda-graphs: the child's steps only) runs one timed repetition in turn, so load changes touch all
-of them alike; medians of --reps. "Ours" runs as train.py does: per-step BatchNorm written into one
-output (fast/batchnorm.py, bit-identical). The original is imported here only, never by the tests.
+of them alike; medians of --reps. "Ours" runs as train.py does: per-step BatchNorm and
+convolutions without their copies (fast/steps.py, bit-identical). The original is imported here
+only, never by the tests.
 """
 import copy
 import random
@@ -19,7 +20,7 @@ import torch
 from autosnn import SpikingNetwork, rate_loss
 from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, sync
 from evaluation import evaluate_pool
-from fast.batchnorm import use_step_batch_norm
+from fast.steps import use_step_layers
 from fast.compiled import compile_network
 from fast.graphs import WARMUP, GraphedSteps
 from neurons import Neuron
@@ -86,7 +87,7 @@ def beside_original(args) -> dict:
     ours = {"child": SpikingNetwork(args.backbone, 10, arch, args.T).to(device),
             "supernet": SpikingNetwork(args.backbone, 10, None, args.T).to(device)}
     for net in ours.values():
-        use_step_batch_norm(net)                # as train.py runs them (bit-identical)
+        use_step_layers(net)                # as train.py runs them (bit-identical)
     compiled, notes = {}, []
     if args.compile:
         for name, net in ours.items():

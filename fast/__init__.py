@@ -3,7 +3,8 @@ layers.py, run with fewer copies, fewer kernel launches or compiled, each tested
 form bit for bit (tests/test_fast.py).
 
     compiled.py   the neurons' loops over T under torch.compile (CompiledLoops, compile_network)
-    batchnorm.py  per-time-step BatchNorm written into one output (no stack, no unbind copies)
+    steps.py      the per-time-step layers of training (BatchNorm, convolutions) without the stacks
+                  and extra calls around their per-step calls
     graphs.py     a child network's training and evaluation steps captured as CUDA graphs
 
 A reader of the method can skip this folder: the copy-out set (autosnn, layers, neurons, spikes,

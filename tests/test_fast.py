@@ -104,7 +104,7 @@ def test_compiled_training_loop_uses_alpha():
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-step BatchNorm written into one output
+# Per-step layers without their copies: BatchNorm written into one output, convolutions folded
 # ---------------------------------------------------------------------------------------------
 
 def grads_and_state(net, run):
@@ -120,7 +120,7 @@ def test_step_batch_norm_is_the_plain_form_bit_for_bit(T, B, C, H, momentum):
     input / weight / bias gradients, running statistics and num_batches_tracked, equal bit for bit
     (C = 1 and H = W = 1 are the shapes where BatchNorm2d's CPU kernel takes other paths;
     momentum None is the cumulative average)."""
-    from fast.batchnorm import use_step_batch_norm
+    from fast.steps import use_step_layers
     from layers import TimeBatchNorm
     seeded(40)
     plain = TimeBatchNorm(C, momentum=momentum)
@@ -128,7 +128,7 @@ def test_step_batch_norm_is_the_plain_form_bit_for_bit(T, B, C, H, momentum):
         plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-0.5, 0.5)
         plain.running_mean.normal_(), plain.running_var.uniform_(0.5, 2)
     fast = copy.deepcopy(plain)
-    assert use_step_batch_norm(fast) == 1 and fast.per_step is not None
+    assert use_step_layers(fast) == 1 and fast.per_step is not None
     for _ in range(2):
         x = torch.randn(T, B, C, H, H) * 2 + 1
         g = torch.randn(T, B, C, H, H)
@@ -144,18 +144,54 @@ def test_step_batch_norm_is_the_plain_form_bit_for_bit(T, B, C, H, momentum):
     assert int(fast.num_batches_tracked) == 2 * T
 
 
-def test_step_batch_norm_network_equals_plain_after_adam_steps():
-    """A child network with StepBatchNorm in every BN layer against the plain network, three
-    training steps with Adam (one under bf16 autocast, one with a block-level activation
-    checkpoint, whose recomputation must leave the running statistics alone): the same loss,
-    every gradient and every buffer bit for bit after each step, then the same eval output."""
-    from fast.batchnorm import use_step_batch_norm
-    seeded(41)
-    plain = SpikingNetwork("SNN_1_4", num_classes=3, arch=AUTOSNN, T=3, v_th=0.5)
+@pytest.mark.parametrize("cin, cout, k, stride, shifted, T, B, H", [
+    (4, 4, 5, 1, False, 3, 4, 8), (4, 8, 3, 2, False, 2, 3, 9), (6, 6, 1, 1, False, 4, 2, 4),
+    (4, 3, 1, 2, True, 3, 2, 8), (2, 4, 3, 1, False, 1, 5, 6)])
+def test_step_conv_is_the_plain_form_bit_for_bit(cin, cout, k, stride, shifted, T, B, H):
+    """StepConv (one call over T*B images forward and for the input gradient, the weight gradient
+    per step added last step first) against layers.Conv's plain per-step form under autograd:
+    outputs, input and weight gradients equal bit for bit; kernels 5/3/1, stride 2, T = 1, and the
+    shifted, non-contiguous view a factorized reduce's second conv reads. Without autograd both
+    run the folded call."""
+    from fast.steps import use_step_layers
+    from layers import Conv
+    seeded(45)
+    plain = Conv(cin, cout, k, stride)
     fast = copy.deepcopy(plain)
-    assert use_step_batch_norm(fast) > 5
+    assert use_step_layers(fast) == 1
+    x = (torch.rand(T, B, cin, H + shifted, H + shifted) > 0.6).float() * 1.5
+    out = []
+    for conv in (plain, fast):
+        xr = x.clone().requires_grad_()
+        y = conv(xr[..., 1:, 1:] if shifted else xr)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        y.backward(g)
+        out.append([y, xr.grad, conv.weight.grad])
+    assert all(torch.equal(a, b) for a, b in zip(*out)) and out[0][2].abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(plain(x), fast(x))
+
+
+@pytest.mark.parametrize("backbone, arch, shape", [
+    ("SNN_1_4", "AutoSNN", (3, 32, 32)),
+    ("SNN_3_4", "skip_connect-skip_connect-SRB_k3-SCB_k3-SRB_k5-skip_connect-SRB_k3-SCB_k3", (2, 32, 32))])
+def test_step_layers_network_equals_plain_after_adam_steps(backbone, arch, shape):
+    """A network whose BN layers and convolutions all run the fast per-step forms against the plain
+    network, three training steps with Adam (one under bf16 autocast, where the convolutions run
+    their plain form, one with a block-level activation checkpoint, whose recomputation must leave
+    the running statistics alone): the same loss, every gradient and every buffer bit for bit after
+    each step, then the same eval output. Static images, and event frames through the event stem
+    with factorized-reduce skips."""
+    from fast.steps import use_step_layers
+    from search_space import resolve_arch
+    seeded(41)
+    plain = SpikingNetwork(backbone, num_classes=3, arch=resolve_arch(arch, backbone), T=3, input_shape=shape,
+                           v_th=0.5)
+    fast = copy.deepcopy(plain)
+    assert use_step_layers(fast) > 10
     opts = [torch.optim.Adam(n.parameters(), lr=1e-2) for n in (plain, fast)]
-    x, y = torch.randn(4, 3, 32, 32) * 2, torch.tensor([0, 1, 2, 0])
+    x = torch.randint(0, 3, (4, 3, *shape)).float() if shape[0] == 2 else torch.randn(4, *shape) * 2
+    y = torch.tensor([0, 1, 2, 0])
     for step, (amp, checkpoint) in enumerate([(False, False), (True, False), (False, True)]):
         got = []
         for net, opt in zip((plain, fast), opts):
@@ -165,6 +201,7 @@ def test_step_batch_norm_network_equals_plain_after_adam_steps():
             def run():
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                     out, stats = net(x)
+                assert stats.spikes > 0
                 return rate_loss(out.float(), y, 3)
             got.append(grads_and_state(net, run))
             opt.step()
