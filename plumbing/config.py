@@ -139,10 +139,42 @@ PRESETS = {
                 "crossovers": 2, "bn_recalib": 2, "log_every": 0, "model_width": 8},
 }
 DEFAULT_PRESET = "short"
-# A preset's value for an option that does not apply to the run is left out, so that it never
-# surfaces in an error about an option the user did not type (--dry-run --dataset cifar10).
-APPLIES = {"n_train": lambda v: v["dataset"] in SYNTHETIC, "n_test": lambda v: v["dataset"] in SYNTHETIC,
-           "model_width": lambda v: bool(v["model"])}
+EVENT_FILES = ("cifar10dvs", "dvs128gesture")      # recordings made into frames: --split-by applies
+
+# Options that do not apply: one rule for all of them.
+#   APPLIES: options that shape the network or its data, each only under another option's choice. A value
+#     other than the default while that choice is not made is refused: the run would build something
+#     other than what the command line says (--tau0 for a neuron without a leak).
+#   READ_BY: settings of one part of the pipeline (a stage, the evolution's operators). A value other than
+#     the default given on the command line while that part does not run is noted once in the run's log,
+#     not refused: one command line may serve every stage (--stage supernet, then --stage search ...).
+# A preset's value for an option that does not apply is left out either way, so that it never surfaces in
+# an error or a note about an option the user did not type (--dry-run --dataset cifar10).
+APPLIES = {
+    "n_train": (lambda v: v["dataset"] in SYNTHETIC, "--n-train sizes synthetic data only (--dataset "
+                                                     "synthetic or synthetic-dvs)"),
+    "n_test": (lambda v: v["dataset"] in SYNTHETIC, "--n-test sizes synthetic data only (--dataset synthetic "
+                                                    "or synthetic-dvs)"),
+    "split_by": (lambda v: v["dataset"] in EVENT_FILES, f"--split-by cuts event recordings into frames "
+                                                        f"(--dataset {' or '.join(EVENT_FILES)})"),
+    "tau0": (lambda v: v["neuron"] in ("plif", "lif"), "--tau0 is the leak of --neuron plif or lif"),
+    "v_th": (lambda v: v["neuron"] != "ann", "--v-th is the threshold of spiking neurons (not --neuron ann)"),
+    "model_width": (lambda v: bool(v["model"]), "--model-width is for --model (a hand-crafted baseline)"),
+    "backbone": (lambda v: not v["model"], "--backbone is for AutoSNN networks; --model is a hand-crafted "
+                                           "baseline of its own layout (its width: --model-width)"),
+}
+SEARCH_STAGES, TRAINING_STAGES = ("all", "search"), ("all", "supernet", "retrain", "study")
+READ_BY = {
+    **{k: (("all", "supernet"), None) for k in ("supernet_epochs", "supernet_lr")},
+    "train_portion": (("all", "supernet", "search"), None),
+    **{f.name: (SEARCH_STAGES, None) for f in fields(SearchConfig)},
+    **{k: (("all", "retrain", "study"), None) for k in ("retrain_epochs", "retrain_lr", "optimizer", "eval_every")},
+    "study_block": (("study",), None),
+    "activation_checkpointing": (TRAINING_STAGES, None),
+}
+for k in ("topk", "mutations", "crossovers", "mutation_prob"):   # operators random search does not use
+    READ_BY[k] = (SEARCH_STAGES, ("evolution", "pareto"))
+READ_BY["objectives"] = (SEARCH_STAGES, ("pareto",))
 # What --neuron ann implies: one step, and no spikes, so fitness = accuracy.
 ANN_FIXED = {"T": 1, "lam": 0.0}
 
@@ -191,8 +223,8 @@ def make_config(given: dict) -> tuple[Config, str]:
     preset = "dry-run" if given.pop("dry_run", False) else given.pop("preset", DEFAULT_PRESET)
     defaults = Config.from_flat({}).flat()
     values = {**defaults, **PRESETS[preset], **given}
-    for k, applies in APPLIES.items():
-        if k not in given and not applies(values):
+    for k in set(APPLIES) | set(READ_BY):
+        if k not in given and not applies(k, values):
             values[k] = defaults[k]
     if values["neuron"] == "ann":
         for k, v in ANN_FIXED.items():
@@ -203,6 +235,29 @@ def make_config(given: dict) -> tuple[Config, str]:
     cfg = Config.from_flat(values)
     check_config(cfg)
     return cfg, preset
+
+
+def applies(name: str, values: dict) -> bool:
+    """Whether option `name` takes part in the run `values` ({option: value}) describes."""
+    if name in APPLIES:
+        return APPLIES[name][0](values)
+    stages, algorithms = READ_BY.get(name, (STAGES, None))
+    return values["stage"] in stages and (algorithms is None or values["search_algo"] in algorithms)
+
+
+def unused_options(cfg: Config, given) -> list[str]:
+    """Notes for the options typed (`given`: their names) with a value other than the default that the run
+    does not read (READ_BY): logged once each, nothing refused."""
+    values, defaults = cfg.flat(), Config.from_flat({}).flat()
+    notes = []
+    for k in sorted(set(given) & set(READ_BY)):
+        if values[k] != defaults[k] and not applies(k, values):
+            stages, algorithms = READ_BY[k]
+            why = (f"--stage {values['stage']} does not run it" if values["stage"] not in stages
+                   else f"--search-algo {values['search_algo']} does not use it")
+            notes.append(f"{flag(k)} {values[k]} is not used: {why} (read by --stage {' or '.join(stages)}"
+                         + (f" with --search-algo {' or '.join(algorithms)}" if algorithms else "") + ")")
+    return notes
 
 
 def user_error(fn, *args):
@@ -246,10 +301,11 @@ def check_config(cfg: Config) -> None:
     cpus = os.cpu_count() or 1
     need(r.threads <= cpus, "threads", f"at most this machine's {cpus} CPUs (more threads than CPUs run "
                                        f"many times slower)")
-    if r.dataset not in SYNTHETIC:
-        for name in ("n_train", "n_test"):
-            need(values[name] == 0, name, "0 (it sizes synthetic data only)")
-    elif r.n_train and 0 < sn.train_portion < 1:
+    defaults = Config.from_flat({}).flat()
+    for name, (_, why) in APPLIES.items():
+        if values[name] != defaults[name] and not applies(name, values):
+            raise AutoSNNError(f"{why}: drop {flag(name)} {values[name]}")
+    if r.dataset in SYNTHETIC and r.n_train and 0 < sn.train_portion < 1:
         k = int(r.n_train * sn.train_portion + 1e-9)
         if not 0 < k < r.n_train:
             raise AutoSNNError(f"--n-train {r.n_train} with --train-portion {sn.train_portion} leaves an empty "
@@ -279,8 +335,6 @@ def check_config(cfg: Config) -> None:
         raise AutoSNNError("--model is for --stage retrain")
     if rc.model and rc.arch:
         raise AutoSNNError("give either --model (a baseline) or --arch (an AutoSNN architecture), not both")
-    if rc.model_width and not rc.model:
-        raise AutoSNNError("--model-width is for --model (a hand-crafted baseline)")
     user_error(check_candidate, rc.study_block)
     root = Path(r.data_root)
     if root.exists() and not root.is_dir():
@@ -315,6 +369,9 @@ def check_out(out: str, name: str) -> Path:
     if not name or name in (".", "..") or name.startswith(".") or "/" in name or os.sep in name:
         raise AutoSNNError(f"--name {name!r} must be a plain folder name inside --out (no '/', not "
                            f"starting with '.')")
+    if not out.strip():
+        raise AutoSNNError(f"--out {out!r} names no folder; give the parent folder of run folders (the current "
+                           f"folder is --out .)")
     base = Path(out)
     probe = base
     while not probe.exists():
