@@ -380,11 +380,11 @@ def run_arch(folder: Path, cfg: dict) -> tuple:
     best = Path(folder) / "best_arch.txt"
     if best.is_file():
         try:
-            text = best.read_bytes().decode("utf-8").strip()
-            return str(parse_arch(text)), best
+            return str(parse_arch(best.read_bytes().decode("utf-8").strip())), best
         except (UnicodeDecodeError, AutoSNNError, OSError) as e:
-            raise AutoSNNError(f"{best} is damaged ({type(e).__name__}: {str(e)[:80]}); delete it: python train.py "
-                               f"--resume {folder} writes it again, runs.py export takes the search's choice") from None
+            why = "not text" if isinstance(e, UnicodeDecodeError) else str(e)[:120]
+            raise AutoSNNError(f"{best}: {why}; the file is damaged: delete it (python train.py --resume {folder} "
+                               f"writes it again; runs.py export takes the search's choice)") from None
     arch = (cfg.get("retrain") or {}).get("arch")
     if not arch:
         return None, None

@@ -52,13 +52,17 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from plumbing.memory import (BYTES_PER_PARAMETER, activation_bytes, check_data, check_fits, held_bytes,
                                   host_bytes)
     from plumbing.plots import plot_run
-    from plumbing.rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
+    from plumbing.rundir import (CHECKPOINTS, Run, load_checkpoint, load_state, load_supernet, now, resolve,
                                  rng_states, set_rng_states, writing)
     from search_space import get_backbone, resolve_arch, sample_arch
     from spikes import E_AC, E_MAC, silent_layers
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
     raise SystemExit(130) from None
+
+class Diverged(AutoSNNError):
+    """Training diverged (check_epoch): resuming with the same options would repeat it."""
+
 
 WEIGHT_BOUND = 1e6       # |weight| or |BN statistic| above this: diverged, though finite
 SATURATED = 0.99         # classifier firing rate at which it fires (almost) always
@@ -98,7 +102,9 @@ def main(argv=None) -> int:
             retrain_stage(cfg, ds, run, env, arch, *supernet)
         finish(run, stage, baseline=bool(cfg.retrain.model))
     except AutoSNNError as e:                  # a user's mistake, divergence, or a failed write: one line
-        again = isinstance(e, WriteError) and run is not None
+        # after the folder exists, the run continues once the cause is fixed (a damaged input file, a full
+        # disk), except a divergence, which would repeat
+        again = run is not None and not isinstance(e, Diverged) and "--resume" not in str(e)
         print(f"error: {e}" + (f"; continue with --resume {run.path}" if again else ""), file=sys.stderr)
         return 2
     except (OSError, MemoryError, RuntimeError) as e:     # after the folder exists: resumable
@@ -281,19 +287,19 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
     keep = (f"The last good checkpoint is kept ({ckpt})" if ckpt.exists() else "There is no checkpoint yet") \
         + "; try a lower learning rate"
     if not math.isfinite(m["loss"]):
-        raise AutoSNNError(f"the {what} loss became {m['loss']} in epoch {e}; stopped. {keep}")
+        raise Diverged(f"the {what} loss became {m['loss']} in epoch {e}; stopped. {keep}")
     tensors = [(k, v) for k, v in net.state_dict().items() if v.is_floating_point()]   # BN buffers too
     if not float(torch.stack([v.abs().max() for _, v in tensors]).max()) <= WEIGHT_BOUND:   # nan: False
         bad, v = next((k, v) for k, v in tensors if not float(v.abs().max()) <= WEIGHT_BOUND)
         how = "non-finite" if not bool(v.isfinite().all()) else f"larger than {WEIGHT_BOUND:g} in magnitude"
-        raise AutoSNNError(f"the {what} weights became {how} in epoch {e} (first: {bad}); stopped. {keep}")
+        raise Diverged(f"the {what} weights became {how} in epoch {e} (first: {bad}); stopped. {keep}")
     if net.neuron == "ann" or m["classifier"] is None:
         return
     recent = [h for h in history[-(FLAT_EPOCHS - 1):] if h.get("classifier_rate") is not None] + [m]
     losses = [h["loss"] for h in recent]
     if (len(recent) == FLAT_EPOCHS and all(h["classifier_rate"] >= SATURATED for h in recent)
             and max(losses) - min(losses) <= 1e-3 * max(losses)):
-        raise AutoSNNError(f"the {what} classifier ({m['classifier']}) fired at every step for {FLAT_EPOCHS} "
+        raise Diverged(f"the {what} classifier ({m['classifier']}) fired at every step for {FLAT_EPOCHS} "
                            f"epochs with a flat loss {m['loss']:.4f} (epoch {e}): it has diverged; stopped. {keep}")
     if m["layers"].get(m["classifier"], 1) == 0:
         run.warn(("classifier", what), f"the {what} classifier ({m['classifier']}) emitted no spike in epoch "

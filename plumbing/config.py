@@ -145,9 +145,10 @@ EVENT_FILES = ("cifar10dvs", "dvs128gesture")      # recordings made into frames
 #   APPLIES: options that shape the network or its data, each only under another option's choice. A value
 #     other than the default while that choice is not made is refused: the run would build something
 #     other than what the command line says (--tau0 for a neuron without a leak).
-#   READ_BY: settings of one part of the pipeline (a stage, the evolution's operators). A value other than
-#     the default given on the command line while that part does not run is noted once in the run's log,
-#     not refused: one command line may serve every stage (--stage supernet, then --stage search ...).
+#   READ_BY: settings of one part of the pipeline (a stage, the evolution's operators, the AutoSNN backbone
+#     a --model run does not build). A value other than the default given on the command line while that
+#     part does not run is noted once in the run's log, not refused: one command line may serve every
+#     stage (--stage supernet, then --stage search ..., then --stage retrain --model ...).
 # A preset's value for an option that does not apply is left out either way, so that it never surfaces in
 # an error or a note about an option the user did not type (--dry-run --dataset cifar10).
 APPLIES = {
@@ -160,21 +161,28 @@ APPLIES = {
     "tau0": (lambda v: v["neuron"] in ("plif", "lif"), "--tau0 is the leak of --neuron plif or lif"),
     "v_th": (lambda v: v["neuron"] != "ann", "--v-th is the threshold of spiking neurons (not --neuron ann)"),
     "model_width": (lambda v: bool(v["model"]), "--model-width is for --model (a hand-crafted baseline)"),
-    "backbone": (lambda v: not v["model"], "--backbone is for AutoSNN networks; --model is a hand-crafted "
-                                           "baseline of its own layout (its width: --model-width)"),
 }
-SEARCH_STAGES, TRAINING_STAGES = ("all", "search"), ("all", "supernet", "retrain", "study")
+
+
+def read_by(stages: tuple, algorithms: tuple | None = None):
+    """(applies, why) of a setting of the stages `stages` (and of the search algorithms `algorithms`)."""
+    why = f"read by --stage {' or '.join(stages)}" + (f" with --search-algo {' or '.join(algorithms)}"
+                                                       if algorithms else "")
+    return (lambda v: v["stage"] in stages and (algorithms is None or v["search_algo"] in algorithms)), why
+
+
+SEARCH_STAGES = ("all", "search")
 READ_BY = {
-    **{k: (("all", "supernet"), None) for k in ("supernet_epochs", "supernet_lr")},
-    "train_portion": (("all", "supernet", "search"), None),
-    **{f.name: (SEARCH_STAGES, None) for f in fields(SearchConfig)},
-    **{k: (("all", "retrain", "study"), None) for k in ("retrain_epochs", "retrain_lr", "optimizer", "eval_every")},
-    "study_block": (("study",), None),
-    "activation_checkpointing": (TRAINING_STAGES, None),
+    **{k: read_by(("all", "supernet")) for k in ("supernet_epochs", "supernet_lr")},
+    "train_portion": read_by(("all", "supernet", "search")),
+    **{f.name: read_by(SEARCH_STAGES) for f in fields(SearchConfig)},
+    **{k: read_by(("all", "retrain", "study")) for k in ("retrain_epochs", "retrain_lr", "optimizer", "eval_every")},
+    "study_block": read_by(("study",)),
+    "activation_checkpointing": read_by(("all", "supernet", "retrain", "study")),
+    **{k: read_by(SEARCH_STAGES, ("evolution", "pareto")) for k in ("topk", "mutations", "crossovers", "mutation_prob")},
+    "objectives": read_by(SEARCH_STAGES, ("pareto",)),
+    "backbone": (lambda v: not v["model"], "a --model baseline has its own layout (its width: --model-width)"),
 }
-for k in ("topk", "mutations", "crossovers", "mutation_prob"):   # operators random search does not use
-    READ_BY[k] = (SEARCH_STAGES, ("evolution", "pareto"))
-READ_BY["objectives"] = (SEARCH_STAGES, ("pareto",))
 # What --neuron ann implies: one step, and no spikes, so fitness = accuracy.
 ANN_FIXED = {"T": 1, "lam": 0.0}
 
@@ -239,25 +247,16 @@ def make_config(given: dict) -> tuple[Config, str]:
 
 def applies(name: str, values: dict) -> bool:
     """Whether option `name` takes part in the run `values` ({option: value}) describes."""
-    if name in APPLIES:
-        return APPLIES[name][0](values)
-    stages, algorithms = READ_BY.get(name, (STAGES, None))
-    return values["stage"] in stages and (algorithms is None or values["search_algo"] in algorithms)
+    rule = APPLIES.get(name) or READ_BY.get(name)
+    return rule is None or rule[0](values)
 
 
 def unused_options(cfg: Config, given) -> list[str]:
     """Notes for the options typed (`given`: their names) with a value other than the default that the run
     does not read (READ_BY): logged once each, nothing refused."""
     values, defaults = cfg.flat(), Config.from_flat({}).flat()
-    notes = []
-    for k in sorted(set(given) & set(READ_BY)):
-        if values[k] != defaults[k] and not applies(k, values):
-            stages, algorithms = READ_BY[k]
-            why = (f"--stage {values['stage']} does not run it" if values["stage"] not in stages
-                   else f"--search-algo {values['search_algo']} does not use it")
-            notes.append(f"{flag(k)} {values[k]} is not used: {why} (read by --stage {' or '.join(stages)}"
-                         + (f" with --search-algo {' or '.join(algorithms)}" if algorithms else "") + ")")
-    return notes
+    return [f"{flag(k)} {values[k]} is not used by this run ({READ_BY[k][1]})" for k in sorted(set(given) & set(READ_BY))
+            if values[k] != defaults[k] and not applies(k, values)]
 
 
 def user_error(fn, *args):
@@ -294,13 +293,11 @@ def check_config(cfg: Config) -> None:
                            f"(got --T {r.T}, --lam {se.lam})")
     for name in ("T", "batch_size", "supernet_epochs", "retrain_epochs", "eval_every"):
         need(values[name] >= 1, name, "an integer >= 1")
-    for name in ("eval_batch_size", "threads", "log_every", "cutout", "model_width", "n_train", "n_test"):
+    for name in ("eval_batch_size", "log_every", "cutout", "model_width", "n_train", "n_test"):
         need(values[name] >= 0, name, "an integer >= 0")
     for name in ("seed", "search_seed"):
         need(0 <= values[name] <= SEED_MAX, name, f"an integer in 0..{SEED_MAX}")
-    cpus = os.cpu_count() or 1
-    need(r.threads <= cpus, "threads", f"at most this machine's {cpus} CPUs (more threads than CPUs run "
-                                       f"many times slower)")
+    check_threads(r.threads)
     defaults = Config.from_flat({}).flat()
     for name, (_, why) in APPLIES.items():
         if values[name] != defaults[name] and not applies(name, values):
@@ -340,6 +337,16 @@ def check_config(cfg: Config) -> None:
     if root.exists() and not root.is_dir():
         raise AutoSNNError(f"--data-root {root} is a file, not a folder")
     resolve_device(r.device)
+
+
+def check_threads(threads: int) -> None:
+    """--threads: 0 (torch's choice) up to this machine's CPUs (train.py and bench.py)."""
+    if threads < 0:
+        raise AutoSNNError(f"--threads must be an integer >= 0 (got {threads})")
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise AutoSNNError(f"--threads must be at most this machine's {cpus} CPUs (more threads than CPUs run "
+                           f"many times slower; got {threads})")
 
 
 def resolve_device(text: str) -> torch.device:

@@ -9,6 +9,8 @@ every file present is checked against the configuration it resumes with:
     the same architecture              child.pt and model.pt against best_arch.txt or --arch
     the same super-network             a search started from another run's supernet.pt: that file still
                                        holds the run it held (supernet_run in config.json)
+    the same choice                    --resume --pick may choose again from a finished search, unless
+                                       retraining the earlier choice has begun (child.pt)
 
 A file without a run id was made by an older version: one line says so (rerun). A damaged search.json
 or best_arch.txt is not compared: the resumed run writes it again.
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from autosnn import read_model_file, run_arch
 from files import AutoSNNError, read_json
+from pareto import pick
 from plumbing.config import MODEL_KEYS, Config, flag
 from plumbing.rundir import CHECKPOINTS, OLDER, Where, flat_config, load_checkpoint
 from plumbing.schema import check_search_doc
@@ -57,14 +60,20 @@ def check_run_files(cfg: Config, where: Where) -> None:
         want = run_arch(d, {"run": {"backbone": values["backbone"]}, "retrain": {"arch": values["arch"]}})
     except AutoSNNError:
         want = (None, None)             # a damaged best_arch.txt: the search stage writes it again
-    for kind, name in CHECKPOINTS.items():
-        path = d / name
-        if path.is_file() and path != ref:
-            ck = load_checkpoint(path, kind)
+    cks = {kind: load_checkpoint(d / name, kind) for kind, name in CHECKPOINTS.items() if (d / name).is_file()}
+    for kind, ck in cks.items():
+        path = d / CHECKPOINTS[kind]
+        if path != ref:
             same_run(path, ck["run_id"], ref, where.run_id)
             same_options(path, flat_config(ck["config"], path), ref, values)
-            if kind == "retrain":
-                same_arch(path, ck["spec"].get("arch"), want)
+        if kind == "retrain":
+            same_arch(path, ck["spec"].get("arch"), want)
+    if "pick" in where.changed and {"search", "retrain"} <= set(cks):    # retraining began: the choice is made
+        chosen, done = pick(cks["search"]["search"]["history"], cfg.search.pick)["arch"], cks["retrain"]["spec"]["arch"]
+        if chosen != done:
+            raise AutoSNNError(f"--pick {cfg.search.pick} chooses {chosen}, but {d / 'child.pt'} already retrains "
+                               f"{done}, the earlier choice: resume without --pick, and retrain {chosen} in a new run "
+                               f"(python train.py --stage retrain --arch {chosen} with this run's options)")
     for sub in sorted(d.glob("study/*/child.pt")):        # the study's variants: the same run
         same_run(sub, load_checkpoint(sub, "retrain")["run_id"], ref, where.run_id)
     if (d / "search.json").is_file():

@@ -174,8 +174,10 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     path = Path(path)
     if path.is_dir():
         raise AutoSNNError(f"{path} is a folder; give the {CHECKPOINTS[kind]} inside it")
-    if not path.is_file():
+    if not path.exists():
         raise AutoSNNError(f"checkpoint {path} not found")
+    if not path.is_file():
+        raise AutoSNNError(f"{path} is not a regular file (a device, a pipe?); give the {CHECKPOINTS[kind]} of a run")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:       # truncated, foreign, or pickled objects weights_only refuses
@@ -195,8 +197,9 @@ def load_state(obj, state: dict, path: Path) -> None:
     try:
         obj.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise AutoSNNError(f"{path} does not fit this run's network ({first})") from None
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise AutoSNNError(f"{path} does not fit this run's network ({first[:160]})") from None
 
 
 def load_supernet(cfg: Config, ck: dict, ds, device, where) -> autosnn.SpikingNetwork:

@@ -38,9 +38,9 @@ def finished_run(tmp_path, iterations=3):
     d.mkdir()
     cfg = config.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64,
                                   "data_root": "my data"})
-    atomic_write_text(d / "config.json", json.dumps(cfg.to_dict()))
+    atomic_write_text(d / "config.json", json.dumps({**cfg.to_dict(), "run_id": "r1"}))
     s = tiny_search(iterations=iterations)
-    run_search(s, fake_eval, lambda s: write_history(d, s, atomic_write_text), log=lambda m: None)
+    run_search(s, fake_eval, lambda s: write_history(d, s, atomic_write_text, "r1"), log=lambda m: None)
     atomic_write_text(d / "best_arch.txt", s.best()["arch"] + "\n")
     return d, s
 
@@ -278,7 +278,7 @@ def test_export_errors_name_the_file(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases.append((empty, "no config.json"))
-    for name, text, words in (("c1", "{oops", "config.json is damaged"), ("c2", "[]", "config.json lacks"),
+    for name, text, words in (("c1", "{oops", "config.json is damaged"), ("c2", "[]", "config.json is not a run configuration"),
                               ("c3", None, "no best_arch.txt or search.json")):
         f = tmp_path / name
         f.mkdir()
