@@ -49,6 +49,23 @@ makes it fail (each was applied to the code and seen to fail its test).
       matches the original's numbers)
     NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse and snnTorch)
       dropped, max-pool threshold, tau not over dt
+    BN recalibration replaced by `pass` in          test_bn_recalibration_changes_the_evaluation
+      evaluate_archs
+    random search from generation 2 on uses          test_random_search_draws_fresh_architectures_every_*
+      evolution's operators
+    the no-grad loop written v += x*k - v*k          test_no_grad_loop_rounds_the_membrane_as_the_equation_*
+    non-dominated sort without dominates(j, i)       test_nondominated_sort_when_a_later_point_dominates
+    the memory estimate off by 4x (activations,      test_options.py::test_memory_estimate_is_within_2x_*,
+      parameters or synthetic data)                    test_synthetic_data_estimate_is_within_2x_of_its_peak
+    bench's ratio inverted (original / ours)         test_options.py::test_speedup_is_ours_over_the_reference
+    --seed 2**64-1 accepted (seed + 1 overflows)     test_options.py::test_bad_input_one_line_no_folder
+    bench's CUDA peak reported on a CPU (the test    test_pipeline.py::test_bench_quick_json
+      was true either way)
+    silent_layers not the layers without a spike     test_reliability.py::test_run_folder_contents
+      (the test was true either way)
+    a file of another run resumed; a model.pt of     test_run_files.py (a test fails when any check of
+      another architecture loaded; a damaged row or    plumbing/identity.py, autosnn.check_run_model,
+      record read back; a pick that matches nothing    plumbing/schema.py or the frame cache is removed)
 
 Only public behaviour is used: Neuron(x) and Neuron.step, blocks called as block(x),
 SpikingNetwork's forward and SpikeStats, evolve's Search, and train.main.
