@@ -394,6 +394,8 @@ def run_arch(folder: Path, cfg: dict) -> tuple:
 def load_weights(net: nn.Module, state: dict, path) -> nn.Module:
     """net.load_state_dict(state), with one line naming `path` when the weights do not fit the spec or
     are not finite (a diverged network, or a damaged file)."""
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise AutoSNNError(f"{path}: the weights are not a state dict of tensors; the file is damaged")
     bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
     if bad is not None:
         raise AutoSNNError(f"{path}: the weights are not finite (first: {bad}); the network diverged or the "

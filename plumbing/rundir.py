@@ -34,10 +34,15 @@ from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, 
 from plumbing import dist
 from plumbing.config import (FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config,
                               unused_options)
-from plumbing.schema import read_metrics_row
+from plumbing.schema import check_search_doc, read_metrics_row
 
 
 CHECKPOINTS = {"supernet": "supernet.pt", "search": "search.pt", "retrain": "child.pt"}
+# what each kind of checkpoint holds (train.fit and train.search_stage write them)
+_TRAINED = ("model", "optimizer", "epoch", "history", "data_gen", "rng", "config", "spec", "wall_s", "run_id")
+CHECKPOINT_KEYS = {"supernet": (*_TRAINED, "path_rng", "spike_norm", "num_classes", "input_shape"),
+                   "search": ("search", "rng", "config", "wall_s", "run_id"),
+                   "retrain": (*_TRAINED, "scheduler")}
 OLDER = "made by an older version of this project; rerun"
 # What --resume may change (the rest comes from config.json): how the run executes, and --pick, which
 # chooses from a finished search (a pick that matched nothing must not be a dead end).
@@ -87,12 +92,13 @@ def resolve(given: dict) -> tuple[Config, Where]:
                                + ", ".join(flag(k) if k in FIELDS else "--" + k.replace("_", "-")
                                            for k in sorted(extra)))
         cfg = Config.from_flat({**saved, **given})
-        check_config(cfg)
+        with naming(meta["source"], given):
+            check_config(cfg)
         changed = {k: (saved[k], v) for k, v in given.items() if saved[k] != v}
         return cfg, Where(run_dir, False, rebuilt=cfg.to_dict() if meta["rebuilt"] else None, run_id=meta["run_id"],
                           supernet_run=meta["supernet_run"], source=meta["source"], changed=changed,
                           notes=unused_options(cfg, given))
-    supernet_ck = None
+    supernet_ck, typed = None, set(given)
     if given.get("supernet_path") and given.get("stage") in ("search", "retrain"):
         supernet_ck = load_checkpoint(Path(given["supernet_path"]), "supernet")
         saved = flat_config(supernet_ck["config"], given["supernet_path"])
@@ -101,7 +107,8 @@ def resolve(given: dict) -> tuple[Config, Where]:
                 raise AutoSNNError(f"{flag(k)} {given[k]} does not match the super-network checkpoint "
                                    f"{given['supernet_path']} ({k} = {saved[k]})")
             given[k] = saved[k]
-    cfg, preset = make_config(given)
+    with naming(given.get("supernet_path"), typed):
+        cfg, preset = make_config(given)
     r = cfg.run
     if r.stage == "search" and supernet_ck is None:
         raise AutoSNNError("--stage search needs --supernet runs/<name>/supernet.pt")
@@ -115,7 +122,19 @@ def resolve(given: dict) -> tuple[Config, Where]:
         raise AutoSNNError(f"{run_dir} already exists; continue it with --resume {run_dir} or choose --name")
     return cfg, Where(run_dir, True, preset, supernet_ck, run_id=new_run_id(),
                       supernet_run=supernet_ck["run_id"] if supernet_ck is not None else None,
-                      notes=unused_options(cfg, given))
+                      notes=unused_options(cfg, typed))
+
+
+@contextlib.contextmanager
+def naming(source, typed):
+    """A configuration error about an option the user did not type came from the file `source` (a resumed
+    run's config.json, a --supernet checkpoint): the one line names that file."""
+    try:
+        yield
+    except AutoSNNError as e:
+        if source is None or any(flag(k) in str(e) for k in typed if k in FIELDS):
+            raise
+        raise AutoSNNError(f"{source}: {e}") from None
 
 
 def flat_config(sections, where) -> dict:
@@ -189,6 +208,16 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     if ck["kind"] != kind:
         raise AutoSNNError(f"{path} is a {ck['kind']} checkpoint, not a {kind} one "
                            f"(expected a {CHECKPOINTS[kind]})")
+    missing = sorted(k for k in CHECKPOINT_KEYS[kind] if k not in ck)
+    if missing:
+        raise AutoSNNError(f"{path} lacks {', '.join(missing)}: it is damaged, or was {OLDER}")
+    if "epoch" in ck and not (isinstance(ck["epoch"], int) and ck["epoch"] >= 0):
+        raise AutoSNNError(f"{path} is damaged (epoch {ck['epoch']!r}); delete it to start its stage again")
+    if kind == "search":
+        state = ck["search"]
+        if not isinstance(state, dict) or not {"generation", "history", "rng", "spike_norm"} <= set(state):
+            raise AutoSNNError(f"{path} holds no search state; it is damaged: rerun the search stage")
+        check_search_doc({"history": state["history"]}, path, fix="rerun the search stage")
     return ck
 
 

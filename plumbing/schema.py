@@ -73,11 +73,11 @@ def record_problem(r) -> str | None:
     return None
 
 
-def check_search_doc(doc, path) -> None:
-    """search.json's document: its settings' types and every record of "history" (record_problem).
-    Raises AutoSNNError naming `path`, the first bad record and what to do."""
-    fix = ("it is damaged: python train.py --resume on its run folder writes it again from search.pt, else "
-           "rerun the search")
+def check_search_doc(doc, path, fix: str = "python train.py --resume on its run folder writes it again from "
+                                           "search.pt, else rerun the search") -> None:
+    """search.json's document (or a search checkpoint's history): its settings' types and every record of
+    "history" (record_problem). Raises AutoSNNError naming `path`, the first bad record and `fix`."""
+    fix = f"it is damaged: {fix}"
     h = doc.get("history") if isinstance(doc, dict) else None
     if not isinstance(h, list):
         raise AutoSNNError(f"{path} has no valid \"history\" list (arch, acc, spikes, fitness per record): "

@@ -130,6 +130,40 @@ def test_a_search_resumes_only_from_the_super_network_it_started_from(tiny_run, 
     one_line(capsys.readouterr().err.strip(), f"--supernet {sup} now holds the super-network of run retrained-since")
 
 
+def edit_checkpoint(path, damage):
+    ck = torch.load(path, weights_only=True)
+    damage(ck)
+    torch.save(ck, path)
+
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("child.pt", lambda c: c.pop("history"), "child.pt lacks history: it is damaged, or was made by an older"),
+    ("supernet.pt", lambda c: c.update(epoch="2"), "supernet.pt is damaged (epoch '2')"),
+    ("search.pt", lambda c: c["search"]["history"][0].update(acc="x"), "search.pt: record 0 of \"history\" has acc 'x'"),
+    ("search.pt", lambda c: c.update(search=5), "search.pt holds no search state"),
+])
+def test_a_damaged_checkpoint_is_one_line(run_copy, capsys, name, damage, words):
+    edit_checkpoint(run_copy / name, damage)
+    assert train.main(["--resume", str(run_copy)]) == 2
+    one_line(capsys.readouterr().err.strip(), words)
+
+
+def test_a_bad_value_in_a_saved_configuration_names_the_file(run_copy, tmp_path, capsys):
+    """The user did not type it: the line names the file it came from (an option typed is named as typed)."""
+    cfg = json.loads((run_copy / "config.json").read_text())
+    cfg["search"]["lam"] = 5.0
+    (run_copy / "config.json").write_text(json.dumps(cfg))
+    assert train.main(["--resume", str(run_copy)]) == 2
+    one_line(capsys.readouterr().err.strip(), f"error: {run_copy / 'config.json'}: lambda must be <= 0")
+    assert train.main(["--resume", str(run_copy), "--threads", "1000"]) == 2
+    one_line(capsys.readouterr().err.strip(), "error: --threads must be at most")
+    edit_checkpoint(run_copy / "supernet.pt", lambda c: c["config"]["run"].update(T=-1))
+    assert train.main(["--stage", "search", "--supernet", str(run_copy / "supernet.pt"), "--out", str(tmp_path),
+                       "--name", "s"]) == 2
+    one_line(capsys.readouterr().err.strip(), f"error: {run_copy / 'supernet.pt'}: --T must be an integer >= 1")
+    assert not (tmp_path / "s").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # The retrained network: SpikingNetwork.load and runs.py export check it against its run
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +185,8 @@ MODEL_CASES = [
     (lambda d: forge(d / "model.pt", run_id="another-run"), "it comes from run another-run"),
     (lambda d: forge(d / "model.pt", run_id=None), "it comes from run None"),
     (nan_weights, "the weights are not finite (first: stem.conv.weight)"),
+    (lambda d: edit_checkpoint(d / "model.pt", lambda doc: doc.update(state_dict={"a": 5})),
+     "the weights are not a state dict of tensors"),
     (lambda d: (d / "best_arch.txt").write_bytes(b"\xff\xfe\x00"), "best_arch.txt: not text; the file is damaged"),
     (lambda d: (d / "best_arch.txt").write_text("SRB_k5-nonsense\n"), "best_arch.txt: bad block 'nonsense'"),
     (lambda d: shutil.copy(d / "supernet_model.pt", d / "model.pt"), "holds the super-network: load it with "
