@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from files import AutoSNNError, atomic_write
+from files import AutoSNNError, atomic_write, python
 from layers import AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block
 from neurons import CompiledLoops, Neuron, neuron_factory, one_step_per_call
 from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch, resolve_arch
@@ -356,7 +356,7 @@ def check_run_model(folder: Path, path: Path, doc: dict) -> None:
         run = cfg["run"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise AutoSNNError(f"{cfg_path} is damaged or not a run configuration ({type(e).__name__}); "
-                           f"python train.py --resume {folder} rebuilds it from the checkpoints") from None
+                           f"{python()} train.py --resume {folder} rebuilds it from the checkpoints") from None
     if "run_id" not in cfg:
         raise AutoSNNError(f"{cfg_path} was made by an older version of this project (it records no run id); rerun")
     if doc.get("run_id") != cfg["run_id"]:
@@ -383,7 +383,7 @@ def run_arch(folder: Path, cfg: dict) -> tuple:
             return str(parse_arch(best.read_bytes().decode("utf-8").strip())), best
         except (UnicodeDecodeError, AutoSNNError, OSError) as e:
             why = "not text" if isinstance(e, UnicodeDecodeError) else str(e)[:120]
-            raise AutoSNNError(f"{best}: {why}; the file is damaged: delete it (python train.py --resume {folder} "
+            raise AutoSNNError(f"{best}: {why}; the file is damaged: delete it ({python()} train.py --resume {folder} "
                                f"writes it again; runs.py export takes the search's choice)") from None
     arch = (cfg.get("retrain") or {}).get("arch")
     if not arch:

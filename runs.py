@@ -68,7 +68,7 @@ def export_run(run_dir) -> dict:
         text, source = run_arch(run_dir, cfg)
         if history and text not in {r["arch"] for r in history}:
             raise AutoSNNError(f"{arch_path} names {text}, which {search_path} never evaluated: the files of "
-                               f"{run_dir} disagree; delete {arch_path.name} (python train.py --resume {run_dir} "
+                               f"{run_dir} disagree; delete {arch_path.name} ({python()} train.py --resume {run_dir} "
                                f"writes it again)")
     elif record is not None:
         text, source = record["arch"], search_path
@@ -96,8 +96,8 @@ def pick_or_say(history: list, rule: str, path: Path, run_dir: Path) -> dict:
     try:
         return pick(history, rule)
     except AutoSNNError as e:
-        raise AutoSNNError(f"{path}: --pick {rule} chooses nothing ({e}); see the front with python runs.py rerank "
-                           f"{run_dir} --pick knee, then choose with python train.py --resume {run_dir} --pick RULE") \
+        raise AutoSNNError(f"{path}: --pick {rule} chooses nothing ({e}); see the front with {python()} runs.py rerank "
+                           f"{run_dir} --pick knee, then choose with {python()} train.py --resume {run_dir} --pick RULE") \
             from None
 
 

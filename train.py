@@ -459,7 +459,7 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
             with writing(run.path / "best_arch.txt"):
                 (run.path / "best_arch.txt").unlink()   # an earlier pick's choice is not this one's
         how = (f"the search is done and saved, but --pick {sc.pick} chooses nothing ({e}); see the front with "
-               f"python runs.py rerank {run.path} --pick knee, then choose with python train.py --resume "
+               f"{python()} runs.py rerank {run.path} --pick knee, then choose with {python()} train.py --resume "
                f"{run.path} --pick RULE")
         if r.stage == "search":
             run.warn("pick", how)

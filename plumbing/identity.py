@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autosnn import read_model_file, run_arch
-from files import AutoSNNError, read_json
+from files import AutoSNNError, python, read_json
 from pareto import pick
 from plumbing.config import MODEL_KEYS, Config, flag
 from plumbing.rundir import CHECKPOINTS, OLDER, Where, flat_config, load_checkpoint
@@ -73,7 +73,7 @@ def check_run_files(cfg: Config, where: Where) -> None:
         if chosen != done:
             raise AutoSNNError(f"--pick {cfg.search.pick} chooses {chosen}, but {d / 'child.pt'} already retrains "
                                f"{done}, the earlier choice: resume without --pick, and retrain {chosen} in a new run "
-                               f"(python train.py --stage retrain --arch {chosen} with this run's options)")
+                               f"({python()} train.py --stage retrain --arch {chosen} with this run's options)")
     for sub in sorted(d.glob("study/*/child.pt")):        # the study's variants: the same run
         same_run(sub, load_checkpoint(sub, "retrain")["run_id"], ref, where.run_id)
     if (d / "search.json").is_file():

@@ -20,10 +20,10 @@ BYTES_PER_PARAMETER = 16     # float32 weight, its gradient, Adam's two moments
 # Backpropagation through time keeps about 4 float32 tensors per neuron and step (input current,
 # membrane, spike, BN output); measured 0.7-0.8x of this for the saved tensors of a training step.
 BYTES_PER_NEURON_STEP = 16
-# synthetic_images draws in float64 over the whole set: about 32 bytes per byte of the uint8 images it
-# returns (measured 98 KB per 3 KB image); synthetic_events works in chunks of 256 samples, each holding
+# synthetic_images draws in float64 over the whole set: about 24 bytes per byte of the uint8 images it
+# returns (measured 74 KB per 3 KB image); synthetic_events works in chunks of 256 samples, each holding
 # about 32 bytes per pixel and sub-step (4 per frame) besides the uint8 frames it returns.
-SYNTHETIC_IMAGE_FACTOR = 32
+SYNTHETIC_IMAGE_FACTOR = 24
 SYNTHETIC_EVENT_CHUNK, SYNTHETIC_EVENT_BYTES, SUBSTEPS = 256, 32, 4
 SYNTHETIC_SIZE = 32          # side of the synthetic images and frames
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from files import AutoSNNError
+from files import AutoSNNError, python
 
 
 # metrics.jsonl: the counters (positive integers) and the numbers the plots and the resume read
@@ -73,11 +73,11 @@ def record_problem(r) -> str | None:
     return None
 
 
-def check_search_doc(doc, path, fix: str = "python train.py --resume on its run folder writes it again from "
-                                           "search.pt, else rerun the search") -> None:
+def check_search_doc(doc, path, fix: str | None = None) -> None:
     """search.json's document (or a search checkpoint's history): its settings' types and every record of
     "history" (record_problem). Raises AutoSNNError naming `path`, the first bad record and `fix`."""
-    fix = f"it is damaged: {fix}"
+    fix = "it is damaged: " + (fix or f"{python()} train.py --resume on its run folder writes it again from search.pt, "
+                                      "else rerun the search")
     h = doc.get("history") if isinstance(doc, dict) else None
     if not isinstance(h, list):
         raise AutoSNNError(f"{path} has no valid \"history\" list (arch, acc, spikes, fitness per record): "

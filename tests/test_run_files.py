@@ -13,6 +13,7 @@ import torch
 from conftest import one_line
 
 import data
+import files
 import runs
 import train
 from autosnn import SpikingNetwork, save_model
@@ -393,7 +394,7 @@ def test_a_pick_that_chooses_nothing_finishes_the_search_and_can_be_changed(tiny
     assert runs.main(["export", str(d)]) == 2
     err = capsys.readouterr().err.strip()
     one_line(err, "--pick budget:0 chooses nothing")
-    assert f"python train.py --resume {d} --pick RULE" in err
+    assert f"{files.python()} train.py --resume {d} --pick RULE" in err
     assert runs.main(["rerank", str(d), "--pick", "knee"]) == 0
     knee = capsys.readouterr().out.splitlines()[1].split()[0]
     assert train.main(["--resume", str(d), "--pick", "knee"]) == 0
