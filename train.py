@@ -60,6 +60,7 @@ except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
     raise SystemExit(130) from None
 
+
 class Diverged(AutoSNNError):
     """Training diverged (check_epoch): resuming with the same options would repeat it."""
 
@@ -300,7 +301,7 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
     if (len(recent) == FLAT_EPOCHS and all(h["classifier_rate"] >= SATURATED for h in recent)
             and max(losses) - min(losses) <= 1e-3 * max(losses)):
         raise Diverged(f"the {what} classifier ({m['classifier']}) fired at every step for {FLAT_EPOCHS} "
-                           f"epochs with a flat loss {m['loss']:.4f} (epoch {e}): it has diverged; stopped. {keep}")
+                       f"epochs with a flat loss {m['loss']:.4f} (epoch {e}): it has diverged; stopped. {keep}")
     if m["layers"].get(m["classifier"], 1) == 0:
         run.warn(("classifier", what), f"the {what} classifier ({m['classifier']}) emitted no spike in epoch "
                  f"{e}: nothing can be learned until it fires (normal early in training; if it persists, "

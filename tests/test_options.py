@@ -137,7 +137,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra, words", BAD, ids=[" ".join(a)[:60] for a, _ in BAD])
-def test_bad_input_one_line_no_folder(ref, tmp_path, capsys, extra, words):
+def test_bad_input_one_line_no_folder(ref, tmp_path, monkeypatch, capsys, extra, words):
+    monkeypatch.chdir(tmp_path)                 # where --out '' would put the run folder
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     super8 = tmp_path / "super8.pt"
