@@ -209,8 +209,10 @@ def test_write_nir_from_a_run_folder(tmp_path):
     nir = import_nir()
     run = tmp_path / "run"
     run.mkdir()
-    save_model(load_model(DATA / "model.pt"), run / "model.pt")
-    (run / "config.json").write_text(json.dumps({"run": {"dataset": "synthetic"}}))
+    net = load_model(DATA / "model.pt")
+    save_model(net, run / "model.pt", run_id="r1")               # a run folder's model.pt is that run's network
+    (run / "config.json").write_text(json.dumps({"run_id": "r1", "run": {"dataset": "synthetic", "T": net.T,
+                                                                         "backbone": net.backbone.name}}))
     lines = []
     write_nir(run, tmp_path / "net.nir", log=lines.append)
     meta = nir.read(tmp_path / "net.nir").metadata
