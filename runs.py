@@ -9,6 +9,8 @@ architecture found and the command that retrains it (and write the retrained net
     python3 runs.py plot runs/X
     python3 runs.py export runs/X
     python3 runs.py export runs/X --nir net.nir     # and the retrained network as a NIR graph (export/nir.py)
+    python3 runs.py export runs/X --nir net.nir --reader snntorch    # with the dt and threshold snnTorch needs
+    python3 runs.py export runs/X --nir net.nir --target dynapcnn    # refused if the chip cannot run it
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 from evolve import rerank
+from export.nir import READERS, TARGETS
 from files import AutoSNNError, Parser, python, read_json
 from pareto import pareto_front, pick
 from plumbing.history import load_history
@@ -111,11 +114,11 @@ def check_model(run_dir: Path):
     return (load_baseline if doc["spec"].get("kind") == "baseline" else SpikingNetwork.load)(run_dir)
 
 
-def check_nir_target(path: Path, dt: float) -> None:
+def check_nir_target(path: Path, dt: float | None) -> None:
     """--nir FILE and --dt, before anything is built: a new or replaceable file in a writable folder."""
     import math
     import os
-    if not (math.isfinite(dt) and dt > 0):
+    if dt is not None and not (math.isfinite(dt) and dt > 0):
         raise AutoSNNError(f"--dt must be a finite number > 0 (got {dt})")
     if path.is_dir():
         raise AutoSNNError(f"--nir {path} is a folder; give a file name, e.g. {path / 'net.nir'}")
@@ -153,8 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", type=Path, help="run folder")
     ex.add_argument("--nir", type=Path, default=None, metavar="FILE.nir",
                     help="write the run's retrained network (model.pt) to this NIR file (needs: pip install nir)")
-    ex.add_argument("--dt", type=float, default=1.0,
-                    help="with --nir: the time step the graph's time constants are in, tau = dt / k (default 1)")
+    ex.add_argument("--reader", default=None, choices=list(READERS),
+                    help="with --nir: the simulator that will run the file; the file gets the time step and "
+                         "threshold it needs (table in docs/nir.md). Default: any reader that fires at "
+                         "v > v_threshold, at --dt")
+    ex.add_argument("--dt", type=float, default=None,
+                    help="with --nir and no --reader: the time step the graph's time constants are in, "
+                         "tau = dt / k (default 1)")
+    ex.add_argument("--target", default=None, choices=list(TARGETS),
+                    help="with --nir: refuse, naming the layers, a network this chip cannot run (IF neurons "
+                         "only, no residual joins, no pooling before a neuron)")
     return p
 
 
@@ -170,14 +181,18 @@ def main(argv=None) -> int:
             written = plot_run(args.run)
             print("wrote " + ", ".join(str(args.run / w) for w in written) if written else "nothing drawn")
         elif args.cmd == "export":
+            given = [o for o, v in (("--dt", args.dt), ("--reader", args.reader), ("--target", args.target))
+                     if v is not None]
+            if args.nir is None and given:
+                raise AutoSNNError(f"{', '.join(given)} set how the NIR file is written: add --nir FILE.nir")
             if args.nir is not None:
                 check_nir_target(args.nir, args.dt)
             res = export_run(args.run)
             check_model(args.run)
             if args.nir is not None:
-                from export.nir import write_nir  # needs the nir package: imported only here
+                from export.nir import write_nir
                 try:
-                    write_nir(args.run, args.nir, dt=args.dt)
+                    write_nir(args.run, args.nir, dt=args.dt, reader=args.reader, target=args.target)
                 except OSError as e:              # /proc, a full or read-only filesystem: the writer's own error
                     raise AutoSNNError(f"cannot write {args.nir}: {e.strerror or e}") from None
             print_export(res, args.run)
