@@ -69,9 +69,10 @@ EXPORT_VERSION = 2     # of this exporter's graph layout and metadata
 @dataclass(frozen=True)
 class Reader:
     """What one NIR reader assumes (read in its source and measured: docs/nir.md).
-    dt: the time step it simulates at (its fixed value, or its import function's default).
+    dt: the time step it simulates at (its fixed value, or the one its loader is given in `load`).
     fires_at_threshold: it spikes where v >= v_threshold (as this project); False: where v > v_threshold.
-    load: the call that runs a file right; None for a reader that cannot run an IF network."""
+    load: the call that loads a file `graph` right (tools/golden_nir.py evaluates it).
+    runs_if: whether it runs nir.IF nodes as integrate-and-fire neurons."""
     version: str
     dt: float
     fires_at_threshold: bool
@@ -80,22 +81,21 @@ class Reader:
 
 
 READERS = {
-    # norse.torch.from_nir goes through the deprecated nirtorch.load, which runs an SRB's 1x1-conv
-    # shortcut a step late and returns the wrong node: Norse's own node mapping under nir_to_torch
-    # instead. Its dt is an argument (default 1e-3); at dt = 1 it computes every leak exactly as
-    # this project (dt * (1 / tau) = k in float32), at 1e-3 many PLIF leaks come out one float32 step off.
+    # not norse.torch.from_nir: it goes through the deprecated nirtorch.load, which does not run
+    # these graphs right (docs/nir.md); Norse's node mapping under nir_to_torch instead. Its dt is an
+    # argument (default 1e-3): at dt = 1 it computes every leak, dt * (1 / tau), exactly as this
+    # project; at 1e-3 many PLIF leaks come out one float32 step off.
     "norse": Reader("norse 1.1.0, nirtorch 2.6", 1.0, False,
                     "nirtorch.nir_to_torch(graph, {t: functools.partial(norse.torch.utils.import_nir."
                     "_import_norse_module, dt=1.0) for t in (nir.LIF, nir.IF, nir.Conv2d, nir.SumPool2d, "
                     "nir.Affine, nir.Linear, nir.Flatten)})"),
-    # snnTorch fixes dt = 1e-4 and maps nir.IF to a leaky neuron (beta 0.9) that needs r = 1
+    # snnTorch fixes dt = 1e-4, and maps nir.IF to a leaky neuron (beta 0.9) that needs r = 1
     "snntorch": Reader("snntorch 1.0.0", 1e-4, False, "snntorch.import_nir.import_from_nir(graph)",
                        runs_if=False),
-    # import_from_nir(graph, dt=1e-4) by default; its neurons spike at v - v_threshold >= 0
+    # import_from_nir's dt defaults to 1e-4; its neurons spike where v - v_threshold >= 0
     "spikingjelly": Reader("spikingjelly 2.0.0", 1e-4, True,
                            "spikingjelly.activation_based.nir_exchange.import_from_nir(graph)"),
 }
-
 
 FIRING_RULE = {
     False: "the network spikes where v >= v_th (float32 membrane); v_threshold is the float32 just below "

@@ -47,8 +47,12 @@ makes it fail (each was applied to the code and seen to fail its test).
                                                        test_cifar_labels_that_are_not_integers_name_the_file
     channels_last convolutions (training no longer   test_conformance.py::test_matches_the_original
       matches the original's numbers)
-    NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse and snnTorch)
-      dropped, max-pool threshold, tau not over dt
+    NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse, snnTorch and
+      dropped, max-pool threshold, tau not over dt     spikingjelly on a PLIF network and on one with exact
+    NIR threshold written as v_th (readers fire at     ties), test_nir.py::test_threshold_is_the_float32_*,
+      v > v_th) or as 1.0 whatever v_th                  test_graph_computes_the_network[*-snn4-ties]
+    NIR max-pool neuron with tau = dt or threshold   test_nir.py::test_max_pool_neuron_is_a_memoryless_*,
+      0.5 (spikingjelly refuses / S = 1 missed)        test_reader_files_use_the_readers_time_step_*
     BN recalibration replaced by `pass` in          test_bn_recalibration_changes_the_evaluation
       evaluate_archs
     random search from generation 2 on uses          test_random_search_draws_fresh_architectures_every_*

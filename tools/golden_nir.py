@@ -24,6 +24,7 @@ Stored per network and reader: every neuron node's output spikes [T, B, ...] (bi
 class scores [B, K]; the provenance entry holds the versions and predictions.
 """
 import argparse
+import contextlib
 import importlib
 import importlib.metadata as md
 import io
@@ -103,7 +104,8 @@ def load_reader(reader: str, graph):
     for module in IMPORTS[reader]:
         importlib.import_module(module)
         names[module.split(".")[0]] = sys.modules[module.split(".")[0]]
-    return eval(READERS[reader].load, names)
+    with contextlib.redirect_stdout(io.StringIO()):      # snnTorch prints every threshold it rescales
+        return eval(READERS[reader].load, names)
 
 
 def run_reader(reader: str, graph, images: torch.Tensor):
