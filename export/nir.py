@@ -3,8 +3,8 @@ Intermediate Representation read by simulators (Norse, snnTorch, spikingjelly, .
 toolchains. Needs the `nir` package (pip install nir), imported lazily. Readers, their time steps and
 what differs: docs/nir.md.
 
-    python runs.py export runs/X --nir net.nir                      # any reader that fires at v > v_th, dt = 1
-    python runs.py export runs/X --nir net.nir --reader snntorch    # the dt and threshold snnTorch needs
+    python3 runs.py export runs/X --nir net.nir                     # any reader that fires at v > v_th, dt = 1
+    python3 runs.py export runs/X --nir net.nir --reader snntorch   # the dt and threshold snnTorch needs
     >>> from export.nir import to_nir, write_nir
     >>> from export.nir_runner import run_nir
     >>> graph = to_nir(net, reader="spikingjelly")   # nir.NIRGraph; net: SpikingNetwork child or HandcraftedSNN

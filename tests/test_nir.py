@@ -174,6 +174,13 @@ def test_threshold_is_the_float32_below_v_th_or_v_th_for_readers_that_fire_on_it
         assert graph.metadata["spike_condition"] == ("v >= v_threshold" if at else "v > v_threshold")
 
 
+def test_docs_table_gives_each_reader_the_call_its_golden_numbers_were_made_with():
+    """tools/golden_nir.py loads each file by evaluating READERS[r].load: the docs must show that call."""
+    doc = (Path(__file__).parent.parent / "docs" / "nir.md").read_text()
+    for reader, spec in READERS.items():
+        assert f"| `{reader}` |" in doc and f"`{spec.load}`" in doc, reader
+
+
 @needs_nir
 def test_reader_files_use_the_readers_time_step_and_what_it_can_run():
     net = load_model(DATA / "model.pt")
