@@ -104,10 +104,12 @@ FIRING_RULE = {
     True: "the network spikes where v >= v_th (float32 membrane); v_threshold = v_th, for a reader that "
           "spikes where v >= v_threshold",
 }
-DIFFERENCES = ("BN is folded into the conv weights and biases (float64, rounded to float32): a current moves "
-               "by about 1e-7, which flips a spike only where a membrane lies within about 1e-6 of the "
+DIFFERENCES = ("BN is folded into the conv weights and biases (float64, rounded to float32): a conv's output "
+               "moves by up to a few 1e-6, which flips a spike only where a membrane lies that close to the "
                "threshold; readers that compute the leak otherwise (snnTorch scales the membrane by tau/dt, "
-               "spikingjelly divides by tau) round differently there too. Measured: see docs/nir.md")
+               "spikingjelly divides by tau) round differently there too. Measured in Norse 1.1, snnTorch 1.0 "
+               "and spikingjelly 2.0.0: at most 108 of 22,312,000 neuron outputs (0.0005%) and no prediction "
+               "on 250 images (docs/nir.md)")
 
 
 def threshold(v_th: float, fires_at_threshold: bool = False) -> np.float32:
