@@ -184,7 +184,7 @@ def main(argv=None) -> int:
             given = [o for o, v in (("--dt", args.dt), ("--reader", args.reader), ("--target", args.target))
                      if v is not None]
             if args.nir is None and given:
-                raise AutoSNNError(f"{', '.join(given)} set how the NIR file is written: add --nir FILE.nir")
+                raise AutoSNNError(f"{', '.join(given)}: only with --nir (how the NIR file is written); add --nir FILE.nir")
             if args.nir is not None:
                 check_nir_target(args.nir, args.dt)
             res = export_run(args.run)

@@ -378,7 +378,7 @@ def test_export_command_line(tmp_path, capsys):
     assert float(nir.read(tmp_path / "a.nir").metadata["dt"]) == 1e-4
     capsys.readouterr()
     for argv, message in (
-            (["--dt", "0.5"], "--dt set how the NIR file is written: add --nir FILE.nir"),
+            (["--dt", "0.5"], "--dt: only with --nir (how the NIR file is written); add --nir FILE.nir"),
             (["--nir", "b.nir", "--reader", "norse", "--dt", "0.5"], "norse 1.1.0, nirtorch 2.6 simulates at dt = 1,"),
             (["--nir", "b.nir", "--dt", "inf"], "dt must be a finite number > 0"),
             (["--nir", "b.nir", "--target", "dynapcnn"], "dynapcnn cannot run this network: leaky neurons")):
