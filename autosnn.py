@@ -20,6 +20,7 @@ operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
 BatchNorm, membranes and spikes stay float32 (BN and neurons cast their input up).
 """
+import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -28,11 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from files import AutoSNNError, atomic_write
+from files import AutoSNNError, atomic_write, python
 from layers import (AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block,
                     over_time)
 from neurons import neuron_factory, one_step_per_call
-from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch
+from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch, resolve_arch
 from spikes import Recorder, SpikeStats, Trace
 
 
@@ -326,21 +327,23 @@ def build_from_spec(spec: dict) -> "SpikingNetwork":
     return SpikingNetwork(backbone, **spec)
 
 
-def save_model(net: nn.Module, path) -> None:
-    """Write `net` as a weights-only file: {"format", "version", "spec", "state_dict"}, loadable
+def save_model(net: nn.Module, path, run_id: str | None = None) -> None:
+    """Write `net` as a weights-only file: {"format", "version", "spec", "state_dict", "run_id"}, loadable
     with torch.load(path, weights_only=True) and by SpikingNetwork.load(path) (baselines.load_model
-    for a hand-crafted baseline)."""
+    for a hand-crafted baseline). run_id: the run folder's (its config.json), None for a file of its own."""
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "spec": net.spec(), "state_dict": state}
+    doc = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "spec": net.spec(), "state_dict": state,
+           "run_id": run_id}
     atomic_write(path, lambda f: torch.save(doc, f))
 
 
 def read_model_file(path, supernet: bool = False, map_location="cpu") -> tuple:
     """(file path, {"spec", "state_dict", ...}) of a model file written by save_model, checked.
-    path: the file, or a run folder (model.pt, or supernet_model.pt with supernet=True)."""
-    path = Path(path)
+    path: the file, or a run folder (model.pt, or supernet_model.pt with supernet=True); from a run
+    folder the file must be that run's network (check_run_model)."""
+    path, folder = Path(path), None
     if path.is_dir():
-        path = path / ("supernet_model.pt" if supernet else "model.pt")
+        folder, path = path, path / ("supernet_model.pt" if supernet else "model.pt")
     if not path.is_file():
         raise AutoSNNError(f"{path}: no such model file (a run folder holds model.pt after retraining, "
                            "supernet_model.pt after super-network training)")
@@ -352,11 +355,65 @@ def read_model_file(path, supernet: bool = False, map_location="cpu") -> tuple:
         raise AutoSNNError(f"{path}: not an AutoSNN model file (write one with autosnn.save_model)")
     if doc.get("version") != MODEL_VERSION or not isinstance(doc.get("spec"), dict):
         raise AutoSNNError(f"{path}: made by an older version of this code; rerun")
+    if folder is not None and (folder / "config.json").is_file():
+        check_run_model(folder, path, doc)
     return path, doc
 
 
+def check_run_model(folder: Path, path: Path, doc: dict) -> None:
+    """The model file `path` (doc: its content) of the run folder `folder` is that run's network: the
+    run id of config.json, its backbone and T, and the architecture best_arch.txt (else the
+    configuration's --arch) names. One line naming both files otherwise."""
+    cfg_path, spec = folder / "config.json", doc["spec"]
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        run = cfg["run"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise AutoSNNError(f"{cfg_path} is damaged or not a run configuration ({type(e).__name__}); "
+                           f"{python()} train.py --resume {folder} rebuilds it from the checkpoints") from None
+    if "run_id" not in cfg:
+        raise AutoSNNError(f"{cfg_path} was made by an older version of this project (it records no run id); rerun")
+    if doc.get("run_id") != cfg["run_id"]:
+        raise AutoSNNError(f"{path} is not the network of the run in {folder}: it comes from run "
+                           f"{doc.get('run_id')}, {cfg_path} from run {cfg['run_id']}; load the file by its own "
+                           f"path, or retrain")
+    want = {"T": run.get("T")}
+    if spec.get("kind") == "autosnn":
+        want["backbone"] = run.get("backbone")
+        if spec.get("arch") is not None:
+            want["arch"], cfg_path = run_arch(folder, cfg)
+    for key, value in want.items():
+        if value is not None and spec.get(key) != value:
+            raise AutoSNNError(f"{path} holds a network of {key} {spec.get(key)}, while {cfg_path} says {value}: "
+                               f"the files of {folder} disagree; retrain, or load the file by its own path")
+
+
+def run_arch(folder: Path, cfg: dict) -> tuple:
+    """(the architecture string a run folder retrains, the file that says so): best_arch.txt (written by
+    the search), else config.json's --arch; (None, None) when neither names one."""
+    best = Path(folder) / "best_arch.txt"
+    if best.is_file():
+        try:
+            return str(parse_arch(best.read_bytes().decode("utf-8").strip())), best
+        except (UnicodeDecodeError, AutoSNNError, OSError) as e:
+            why = "not text" if isinstance(e, UnicodeDecodeError) else str(e)[:120]
+            raise AutoSNNError(f"{best}: {why}; the file is damaged: delete it ({python()} train.py --resume {folder} "
+                               f"writes it again; runs.py export takes the search's choice)") from None
+    arch = (cfg.get("retrain") or {}).get("arch")
+    if not arch:
+        return None, None
+    return str(resolve_arch(arch, (cfg.get("run") or {}).get("backbone"))), Path(folder) / "config.json"
+
+
 def load_weights(net: nn.Module, state: dict, path) -> nn.Module:
-    """net.load_state_dict(state), with one line naming `path` when the weights do not fit the spec."""
+    """net.load_state_dict(state), with one line naming `path` when the weights do not fit the spec or
+    are not finite (a diverged network, or a damaged file)."""
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise AutoSNNError(f"{path}: the weights are not a state dict of tensors; the file is damaged")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if bad is not None:
+        raise AutoSNNError(f"{path}: the weights are not finite (first: {bad}); the network diverged or the "
+                           f"file is damaged")
     try:
         net.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
@@ -369,8 +426,14 @@ def load_weights(net: nn.Module, state: dict, path) -> nn.Module:
 def load_model(path, supernet: bool = False, map_location="cpu") -> "SpikingNetwork":
     """See SpikingNetwork.load."""
     path, doc = read_model_file(path, supernet, map_location)
+    spec = doc["spec"]
+    if spec.get("kind") == "autosnn" and (spec.get("arch") is None) != supernet:
+        raise AutoSNNError(f"{path} holds " + ("the super-network: load it with SpikingNetwork.load(path, "
+                                               "supernet=True)" if not supernet else
+                                               "a child network, not the super-network: load it without "
+                                               "supernet=True"))
     try:
-        net = build_from_spec(doc["spec"])
+        net = build_from_spec(spec)
     except TypeError as e:                           # a spec with unknown or missing fields
         raise AutoSNNError(f"{path}: the network spec does not fit this code ({e}); rerun") from None
     except AutoSNNError as e:

@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import random
 import statistics
 import sys
@@ -52,16 +53,18 @@ from pathlib import Path
 import torch
 
 from autosnn import SpikingNetwork, predict, rate_loss
-from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, reset_peak, sync, timed
+from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, reset_peak, speedup, sync, timed
 from benchmarks.original import beside_original, original_table
 from data import load_dataset
 from evaluation import evaluate_pool
 from evolve import SearchConfig
-from fast.steps import use_step_layers
 from fast.compiled import compile_network
 from fast.graphs import WARMUP, GraphedSteps
+from fast.steps import use_step_layers
+from files import AutoSNNError, Parser
 from neurons import Neuron
-from plumbing.config import tune_cpu_allocator
+from plumbing.config import check_threads, resolve_device, tune_cpu_allocator, user_error
+from plumbing.rundir import flat_config, load_checkpoint, load_state
 from search_space import resolve_arch, sample_arch
 
 
@@ -201,7 +204,7 @@ def end_to_end(args, device) -> dict:
     x, y = next(iter(train.batches(args.batch, shuffle=True, generator=g, device=device)))
     on_device = args.batch / timed(lambda: step(x, y), device, args.reps, args.warmup)
     return {"dataset": args.end_to_end, "event": event, "fed_train_img_s": fed_img_s,
-            "on_device_train_img_s": on_device, "ratio": fed_img_s / on_device}
+            "on_device_train_img_s": on_device, "ratio": speedup(fed_img_s, on_device)}
 
 
 def search_speed(net, x, y, archs, device, reps, warmup) -> dict:
@@ -221,7 +224,7 @@ def search_speed(net, x, y, archs, device, reps, warmup) -> dict:
     pool_rate = len(archs) / (t_pool * scale) * 60
     alone_rate = len(archs) / (t_alone * scale) * 60
     return {"pool": len(archs), "images": len(x), "archs_per_min": pool_rate,
-            "stepwise_archs_per_min": alone_rate, "ratio": pool_rate / alone_rate}
+            "stepwise_archs_per_min": alone_rate, "ratio": speedup(pool_rate, alone_rate)}
 
 
 def run(args) -> dict:
@@ -272,8 +275,8 @@ def run(args) -> dict:
                      graphs=args.cuda_graphs and name == "child")
         ref = speed(net, x, y, path, device, args.reps, args.warmup, stepwise=True)
         res[name] = {**ours, "stepwise": ref,
-                     "train_ratio": ours["train_img_s"] / ref["train_img_s"],
-                     "eval_ratio": ours["eval_img_s"] / ref["eval_img_s"]}
+                     "train_ratio": speedup(ours["train_img_s"], ref["train_img_s"]),
+                     "eval_ratio": speedup(ours["eval_img_s"], ref["eval_img_s"])}
     xv, yv = inputs(child, args.search_images, device, g)
     res["search"] = search_speed(sup, xv, yv, evolution_pool(sup.backbone, args.pool), device,
                                  args.reps, args.warmup)
@@ -363,19 +366,20 @@ def search_quality(args) -> int:
             raise ValueError(f"{path} not found: give a run folder whose super-network stage has run")
         if args.pool < 2 or args.seeds < 1:
             raise ValueError(f"--pool must be >= 2 and --seeds >= 1 (got {args.pool}, {args.seeds})")
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        r, portion = ck["config"]["run"], ck["config"]["supernet"]["train_portion"]
+        ck = load_checkpoint(path, "supernet")               # a damaged or foreign file: one line
+        r, portion = flat_config(ck["config"], path), ck["config"]["supernet"]["train_portion"]
         ds = load_dataset(r["dataset"], r["data_root"], False, r["T"], r["split_by"], r["n_train"] or None,
                           r["n_test"] or None)
+        net = SpikingNetwork(r["backbone"], ds.num_classes, None, r["T"], ds.input_shape, r["neuron"], r["tau0"],
+                             r["v_th"])
+        load_state(net, ck["model"], path)                   # a super-network of another width: one line
     except (ValueError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    net = SpikingNetwork(r["backbone"], ds.num_classes, None, r["T"], ds.input_shape, r["neuron"], r["tau0"],
-                         r["v_th"]).to(device)
-    net.load_state_dict(ck["model"])
+    net = net.to(device)
     _, d_val = ds.search_split(portion)
     val = list(d_val.batches(r["eval_batch_size"] or r["batch_size"], device=device))
     norm, cache = float(ck["spike_norm"]), {}
@@ -431,15 +435,40 @@ def search_quality(args) -> int:
     return 0
 
 
+# What --quick sets: a tiny configuration that runs in seconds (the test suite runs it)
+QUICK = {"backbone": "AutoSNN_4", "T": 2, "batch": 4, "reps": 1, "warmup": 1, "pool": 4, "search_images": 8,
+         "scale_T": [2, 3], "scale_batch": [2, 4]}
+
+
+def check_args(args, given: set) -> None:
+    """bench.py's options, checked as train.py checks its own (plumbing/config.py's rules where they are
+    the same option), before anything runs. given: the options typed. Raises AutoSNNError."""
+    clash = sorted(f"--{k.replace('_', '-')}" for k in QUICK if f"--{k.replace('_', '-')}" in given)
+    if args.quick and clash and not args.search_quality:      # --search-quality --quick: 3 iterations only
+        raise AutoSNNError(f"--quick sets {', '.join(clash)} itself (to {', '.join(str(QUICK[c[2:].replace('-', '_')]) for c in clash)}); "
+                           f"drop {' and '.join(clash)} or drop --quick")
+    resolve_device(args.device)
+    check_threads(args.threads)
+    for name, low in (("T", 1), ("batch", 1), ("reps", 1), ("warmup", 0), ("pool", 1), ("search_images", 1),
+                      ("seeds", 1)):
+        if getattr(args, name) < low:
+            raise AutoSNNError(f"--{name.replace('_', '-')} must be an integer >= {low} (got {getattr(args, name)})")
+    for name in ("scale_T", "scale_batch"):
+        if any(v < 1 for v in getattr(args, name)):
+            raise AutoSNNError(f"--{name.replace('_', '-')} values must be integers >= 1 (got {getattr(args, name)})")
+    user_error(resolve_arch, args.arch, args.backbone)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = Parser(prog="bench.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--backbone", default="AutoSNN_16", help="backbone (default AutoSNN_16)")
     p.add_argument("--arch", default="AutoSNN", help="child architecture (default AutoSNN, the paper's)")
     p.add_argument("--T", type=int, default=8, help="time steps (default 8)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads, 0 = torch's default (default 2)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="CPU threads, 0 = torch's default (default 2, or 1 on a one-CPU machine)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (default 2)")
     p.add_argument("--pool", type=int, default=20, help="architectures in the search pool (default 20)")
@@ -464,15 +493,17 @@ def main(argv=None) -> int:
     p.add_argument("--search-quality", metavar="RUN", help="instead: evolution, random and pareto search on "
                    "RUN's super-network at the same budget (see search_quality)")
     p.add_argument("--seeds", type=int, default=3, help="search seeds for --search-quality (default 3)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    try:
+        check_args(args, {a.split("=")[0] for a in argv if a.startswith("--")})
+    except ValueError as e:                     # AutoSNNError included: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.search_quality:
         return search_quality(args)
-    if args.quick:
-        args.backbone, args.T, args.batch, args.reps, args.warmup = "AutoSNN_4", 2, 4, 1, 1
-        args.pool, args.search_images, args.scale_T, args.scale_batch = 4, 8, [2, 3], [2, 4]
+    vars(args).update(QUICK if args.quick else {})
     try:
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: CUDA is not available here")
         res = beside_original(args) if args.original else run(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -179,6 +179,7 @@ class Split:
     augment: random crop (static data with `crop`) + horizontal flip. cutout: square side, 0 = off.
     mean/std: per-channel normalisation of static data (None for event data).
     log: where a notice goes (samples that do not fit on the device), None: nowhere.
+    sample_shape: the [T, 2, H, W] every sample read from `files` must have (a damaged cache: one line).
     _copies: per-device copies of the samples, labels and normalisation constants, made on first use;
     shared with the splits dataclasses.replace makes from this one (same samples), fresh for a subset.
     """
@@ -192,6 +193,7 @@ class Split:
     crop: bool = True
     cutout: int = 0
     log: Callable[[str], None] | None = field(default=None, repr=False)
+    sample_shape: tuple | None = None
     _copies: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -263,7 +265,7 @@ class Split:
 
     def _read_files(self, rows: np.ndarray) -> torch.Tensor:
         """Cached frames of the samples at `rows` -> uint8 (int32 where a count exceeds 255) [B, T, 2, H, W]."""
-        return torch.from_numpy(np.stack([events.read_frames(self.files[i]) for i in rows]))
+        return torch.from_numpy(np.stack([events.read_frames(self.files[i], self.sample_shape) for i in rows]))
 
     @staticmethod
     def _gather_pinned(host: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -380,7 +382,8 @@ def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int, lo
     """Frames cached once per sample (formats/events.py); a complete cache is used without the raw files."""
     base = root / name
     folder, key = events.cache_folder(base, T, split_by), events.cache_key(name, T, split_by)
-    cached = {s: events.read_index(folder, s, key) for s in ("train", "test")}
+    num_classes = 10 if name == "cifar10dvs" else 11
+    cached = {s: events.read_index(folder, s, key, num_classes) for s in ("train", "test")}
     if None in cached.values():
         old = base / f"frames_T{T}_{split_by}"
         if old.is_dir() and log is not None:
@@ -392,9 +395,10 @@ def _event_dataset(name: str, root: Path, T: int, split_by: str, cutout: int, lo
                 samples = (((events.cifar10dvs_events(path), label) for path, label in items) if name == "cifar10dvs"
                            else itertools.chain.from_iterable(events.gesture_segments(a, c) for a, c in items))
                 cached[split] = events.write_split(folder, split, samples, T, split_by, key, name, log)
+    shape = (T, 2, *events.SENSOR)
     train, test = (Split(torch.tensor(cached[s][1], dtype=torch.long), files=tuple(cached[s][0]), is_event=True,
-                         log=log) for s in ("train", "test"))
-    return Dataset(name, 10 if name == "cifar10dvs" else 11, (T, 2, *events.SENSOR), True, train, test, cutout)
+                         log=log, sample_shape=shape) for s in ("train", "test"))
+    return Dataset(name, num_classes, shape, True, train, test, cutout)
 
 
 # ----------------------------------------------------------------------------------------------------------

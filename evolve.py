@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -39,11 +40,18 @@ ALGORITHMS = ("evolution", "random", "pareto")
 OBJECTIVES = ("acc", "spikes", "sops")          # acc is maximised, the costs minimised
 
 
+# At lambda = -10, halving the spikes weighs as much as multiplying the accuracy by 1024: far past any
+# trade-off the paper considers (-0.08 .. -0.24), and the bound keeps (spikes / spike_norm) ** lambda finite
+# for any spike ratio a run produces (its overflow is still caught in `fitness`).
+LAMBDA_MIN = -10.0
+
+
 def check_lambda(lam, option: str = "--lam") -> None:
-    """The one rule for lambda: a finite number <= 0 (nan would make every fitness nan; a positive
-    one would reward spikes)."""
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam <= 0):
-        raise AutoSNNError(f"lambda must be <= 0 and finite (got {option} {lam}): a positive one would reward spikes")
+    """The one rule for lambda: a finite number in [LAMBDA_MIN, 0] (nan would make every fitness nan; a
+    positive one would reward spikes; a huge negative one would overflow the fitness)."""
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and LAMBDA_MIN <= lam <= 0):
+        raise AutoSNNError(f"lambda must be <= 0 and finite, at least {LAMBDA_MIN:g} (got {option} {lam}): a "
+                           f"positive one would reward spikes, one below {LAMBDA_MIN:g} ranks by spikes alone")
 
 
 def fitness(acc: float, spikes: float, spike_norm: float, lam: float) -> float:
@@ -56,7 +64,10 @@ def fitness(acc: float, spikes: float, spike_norm: float, lam: float) -> float:
         raise AutoSNNError(f"the spike normaliser must be a finite number > 0 (got {spike_norm})")
     if spikes <= 0:
         return 0.0
-    return acc * (spikes / spike_norm) ** lam
+    try:
+        return acc * (spikes / spike_norm) ** lam
+    except OverflowError:       # a ratio near 0 under a bounded lambda: the largest float keeps the order
+        return acc * sys.float_info.max if acc > 0 else 0.0
 
 
 def check_objectives(text: str) -> tuple:

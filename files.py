@@ -21,6 +21,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -65,7 +66,15 @@ class AutoSNNError(ValueError):
 
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line, without the usage text, with a "did you mean" for a
-    misspelled option or sub-command (train.py's and runs.py's command lines)."""
+    misspelled option or sub-command (train.py's, runs.py's and bench.py's command lines). A value
+    that reads as a negative number in any notation (-1e-3, -.5, -inf) is a value, never an option:
+    argparse alone takes only -1 and -0.5 so, and says "expected one argument" for --lam -1e-2."""
+
+    NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$|^-(?:inf|infinity|nan)$", re.IGNORECASE)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBER      # what argparse consults while parsing
 
     def error(self, message):
         names = set(self._option_string_actions)

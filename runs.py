@@ -9,6 +9,8 @@ architecture found and the command that retrains it (and write the retrained net
     python3 runs.py plot runs/X
     python3 runs.py export runs/X
     python3 runs.py export runs/X --nir net.nir     # and the retrained network as a NIR graph (export/nir.py)
+    python3 runs.py export runs/X --nir net.nir --reader snntorch    # with the dt and threshold snnTorch needs
+    python3 runs.py export runs/X --nir net.nir --target dynapcnn    # refused if the chip cannot run it
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 from evolve import rerank
+from export.nir import READERS, TARGETS
 from files import AutoSNNError, Parser, python, read_json
 from pareto import pareto_front, pick
 from plumbing.history import load_history
@@ -49,19 +52,27 @@ def export_run(run_dir) -> dict:
     if not cfg_path.is_file():
         raise AutoSNNError(f"{run_dir} is not a run folder (no config.json in it)")
     cfg = read_json(cfg_path)
-    missing = [f"{sec}.{k}" for sec, k in EXPORT_KEYS + OPTIONAL_KEYS
-               if not isinstance(cfg, dict) or k not in (cfg.get(sec) or {})]
-    if missing:
-        raise AutoSNNError(f"{cfg_path} lacks {', '.join(missing[:3])}: not a configuration of this project")
+    from plumbing.rundir import OLDER, flat_config        # imports torch: only here
+    flat_config(cfg, cfg_path)                            # every option there, each of its type
+    if not isinstance(cfg.get("run_id"), str):
+        raise AutoSNNError(f"{cfg_path} records no run id: {OLDER}")
     backbone = cfg["run"]["backbone"]
     record, arch_path, search_path, history = None, run_dir / "best_arch.txt", run_dir / "search.json", []
     if search_path.is_file():
         doc = load_history(run_dir)
         history = doc["history"]
+        if doc["run_id"] != cfg["run_id"]:
+            raise AutoSNNError(f"{search_path} comes from run {doc['run_id']}, {cfg_path} from run {cfg['run_id']}: "
+                               f"a run folder holds the files of one run; remove the foreign file")
         if not arch_path.is_file():       # what train.py would have written: the search's --pick
-            record = pick(history, doc.get("pick", "lambda"))
+            record = pick_or_say(history, doc.get("pick", "lambda"), search_path, run_dir)
     if arch_path.is_file():
-        text, source = arch_path.read_text().strip(), arch_path
+        from autosnn import run_arch              # best_arch.txt, read and checked
+        text, source = run_arch(run_dir, cfg)
+        if history and text not in {r["arch"] for r in history}:
+            raise AutoSNNError(f"{arch_path} names {text}, which {search_path} never evaluated: the files of "
+                               f"{run_dir} disagree; delete {arch_path.name} ({python()} train.py --resume {run_dir} "
+                               f"writes it again)")
     elif record is not None:
         text, source = record["arch"], search_path
     elif cfg["retrain"].get("arch"):          # a --stage retrain run of a given architecture
@@ -81,6 +92,41 @@ def export_run(run_dir) -> dict:
         args += ["--" + k.replace("_", "-"), str(v)]
     record = next((r for r in history if r["arch"] == str(arch)), None)
     return {"arch": str(arch), "source": str(source), "search": record, "command": shlex.join(args)}
+
+
+def pick_or_say(history: list, rule: str, path: Path, run_dir: Path) -> dict:
+    """pareto.pick, or one line that says how to choose when the rule chooses nothing."""
+    try:
+        return pick(history, rule)
+    except AutoSNNError as e:
+        raise AutoSNNError(f"{path}: --pick {rule} chooses nothing ({e}); see the front with {python()} runs.py rerank "
+                           f"{run_dir} --pick knee, then choose with {python()} train.py --resume {run_dir} --pick RULE") \
+            from None
+
+
+def check_model(run_dir: Path):
+    """The run's model.pt loaded with its checks (this run's network, finite weights), or None."""
+    if not (run_dir / "model.pt").is_file():
+        return None
+    from autosnn import SpikingNetwork, read_model_file
+    from baselines import load_model as load_baseline
+    _, doc = read_model_file(run_dir)
+    return (load_baseline if doc["spec"].get("kind") == "baseline" else SpikingNetwork.load)(run_dir)
+
+
+def check_nir_target(path: Path, dt: float | None) -> None:
+    """--nir FILE and --dt, before anything is built: a new or replaceable file in a writable folder."""
+    import math
+    import os
+    if dt is not None and not (math.isfinite(dt) and dt > 0):
+        raise AutoSNNError(f"--dt must be a finite number > 0 (got {dt})")
+    if path.is_dir():
+        raise AutoSNNError(f"--nir {path} is a folder; give a file name, e.g. {path / 'net.nir'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise AutoSNNError(f"--nir {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AutoSNNError(f"--nir {path}: folder {folder} is not writable")
 
 
 
@@ -110,8 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", type=Path, help="run folder")
     ex.add_argument("--nir", type=Path, default=None, metavar="FILE.nir",
                     help="write the run's retrained network (model.pt) to this NIR file (needs: pip install nir)")
-    ex.add_argument("--dt", type=float, default=1.0,
-                    help="with --nir: the time step the graph's time constants are in, tau = dt / k (default 1)")
+    ex.add_argument("--reader", default=None, choices=list(READERS),
+                    help="with --nir: the simulator that will run the file; the file gets the time step and "
+                         "threshold it needs (table in docs/nir.md). Default: any reader that fires at "
+                         "v > v_threshold, at --dt")
+    ex.add_argument("--dt", type=float, default=None,
+                    help="with --nir and no --reader: the time step the graph's time constants are in, "
+                         "tau = dt / k (default 1)")
+    ex.add_argument("--target", default=None, choices=list(TARGETS),
+                    help="with --nir: refuse, naming the layers, a network this chip cannot run (IF neurons "
+                         "only, no residual joins, no pooling before a neuron)")
     return p
 
 
@@ -127,10 +181,20 @@ def main(argv=None) -> int:
             written = plot_run(args.run)
             print("wrote " + ", ".join(str(args.run / w) for w in written) if written else "nothing drawn")
         elif args.cmd == "export":
-            res = export_run(args.run)
+            given = [o for o, v in (("--dt", args.dt), ("--reader", args.reader), ("--target", args.target))
+                     if v is not None]
+            if args.nir is None and given:
+                raise AutoSNNError(f"{', '.join(given)}: only with --nir (how the NIR file is written); add --nir FILE.nir")
             if args.nir is not None:
-                from export.nir import write_nir  # needs the nir package: imported only here
-                write_nir(args.run, args.nir, dt=args.dt)
+                check_nir_target(args.nir, args.dt)
+            res = export_run(args.run)
+            check_model(args.run)
+            if args.nir is not None:
+                from export.nir import write_nir
+                try:
+                    write_nir(args.run, args.nir, dt=args.dt, reader=args.reader, target=args.target)
+                except OSError as e:              # /proc, a full or read-only filesystem: the writer's own error
+                    raise AutoSNNError(f"cannot write {args.nir}: {e.strerror or e}") from None
             print_export(res, args.run)
         else:
             print_rerank(args)

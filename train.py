@@ -51,14 +51,22 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from plumbing import dist
     from plumbing.config import Config, Env, build_parser, user_error
     from plumbing.history import write_history
+    from plumbing.identity import check_run_files
+    from plumbing.memory import (BYTES_PER_PARAMETER, activation_bytes, check_data, check_fits, held_bytes,
+                                  host_bytes)
     from plumbing.plots import plot_run
-    from plumbing.rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
-                                 rng_states, set_rng_states)
+    from plumbing.rundir import (CHECKPOINTS, Run, load_checkpoint, load_state, load_supernet, now, resolve,
+                                 rng_states, set_rng_states, writing)
     from search_space import get_backbone, resolve_arch, sample_arch
     from spikes import E_AC, E_MAC, silent_layers
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
     raise SystemExit(130) from None
+
+
+class Diverged(AutoSNNError):
+    """Training diverged (check_epoch): resuming with the same options would repeat it."""
+
 
 WEIGHT_BOUND = 1e6       # |weight| or |BN statistic| above this: diverged, though finite
 SATURATED = 0.99         # classifier firing rate at which it fires (almost) always
@@ -72,6 +80,8 @@ def main(argv=None) -> int:
     run, previous = None, None
     try:
         cfg, where = resolve(vars(build_parser(__doc__.split("\n\n")[1]).parse_args(argv)))
+        if not where.new:
+            check_run_files(cfg, where)           # every file of the folder belongs to this one run
         dist.setup(cfg.run.device, cfg.run.batch_size, where.path)   # under torchrun: join the other ranks
         if not dist.active() and threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _terminate)
@@ -96,7 +106,9 @@ def main(argv=None) -> int:
             retrain_stage(cfg, ds, run, env, arch, *supernet)
         finish(run, stage, baseline=bool(cfg.retrain.model))
     except AutoSNNError as e:                  # a user's mistake, divergence, or a failed write: one line
-        again = isinstance(e, WriteError) and run is not None
+        # after the folder exists, the run continues once the cause is fixed (a damaged input file, a full
+        # disk), except a divergence, which would repeat
+        again = run is not None and not isinstance(e, Diverged) and "--resume" not in str(e)
         print(f"error: {e}" + (f"; continue with --resume {run.path}" if again else ""), file=sys.stderr)
         return 2
     except (OSError, MemoryError, RuntimeError) as e:     # after the folder exists: resumable
@@ -142,6 +154,7 @@ def load_data(cfg: Config, env: Env):
     """The dataset, and the checks that need it (cutout vs image size, the D_train/D_val split, the
     networks' shapes and a memory estimate)."""
     r = cfg.run
+    check_data(cfg, host_bytes())              # before the data is made: absurd --n-train is one line
     try:
         ds = load_dataset(r.dataset, r.data_root, r.download, r.T, r.split_by, r.n_train or None,
                           r.n_test or None, cutout=r.cutout, log=lambda m: print(m, file=sys.stderr))
@@ -167,33 +180,35 @@ def build_net(cfg: Config, num_classes: int, input_shape, arch=None, T=None):
 
 
 def check_networks(cfg: Config, ds, env: Env) -> None:
-    """Build (on the CPU, then drop) every network the run will train, so that a shape or option the
-    network rejects fails now, not after the run folder exists; refuse a T x batch whose training
-    activations alone would not fit the device."""
+    """Build every network the run will train on the meta device (shapes only, nothing allocated), so
+    that a shape or option the network rejects fails now, not after the run folder exists; refuse a run
+    whose parameters, training activations and (on a CPU) data would not fit the device
+    (plumbing/memory.py)."""
     r, rc = cfg.run, cfg.retrain
+    one_frame = (1, *ds.input_shape[1:]) if ds.is_event else tuple(ds.input_shape)
     if r.stage == "study":
         C = get_backbone(r.backbone).C
-        for v in range(1, 5):
-            bb = get_backbone(f"SNN_{v}_{C}")
-            SpikingNetwork(bb, ds.num_classes, [rc.study_block] * len(bb.searched), r.T, ds.input_shape,
-                           r.neuron, r.tau0, r.v_th)
-        return
-    arch = resolve_arch(rc.arch, r.backbone) if rc.arch and not rc.model else None
-    if r.stage != "search":
-        build_net(cfg, ds.num_classes, ds.input_shape, arch)
-    # one image, one step: the neurons per step; backpropagation through time keeps ~4 tensors of
-    # that size per neuron and step (input current, membrane, spike, BN output)
-    shape = (1, *ds.input_shape[1:]) if ds.is_event else tuple(ds.input_shape)
-    net = build_net(cfg, ds.num_classes, shape, arch, T=1).eval()
-    with torch.no_grad():
-        x = torch.zeros(1, *shape)
-        _, stats = net(x) if rc.model else net(x, arch or sample_arch(net.backbone, random.Random(0)))
-    need = sum(stats.sizes) * r.T * r.batch_size * 4 * 4
-    have = env.memory_bytes()
-    if need > have:
-        raise AutoSNNError(f"--T {r.T} with --batch-size {r.batch_size} needs about {need / 2**30:.0f} GiB for "
-                           f"the training activations alone, more than the {have / 2**30:.0f} GiB of "
-                           f"{env.device.type}; lower --T or --batch-size")
+        variants = [(bb, [rc.study_block] * len(bb.searched)) for bb in (get_backbone(f"SNN_{v}_{C}") for v in range(1, 5))]
+        make = lambda T, shape, bb, a: SpikingNetwork(bb, ds.num_classes, a, T, shape, r.neuron, r.tau0, r.v_th)
+    else:
+        variants = [(None, resolve_arch(rc.arch, r.backbone) if rc.arch and not rc.model else None)]
+        make = lambda T, shape, bb, a: build_net(cfg, ds.num_classes, shape, a, T=T)
+    what = (f"--model {rc.model}" + (f" --model-width {rc.model_width}" if rc.model_width else "") if rc.model
+            else f"--backbone {r.backbone}")
+    params = neurons = 0
+    with torch.device("meta"), torch.no_grad():
+        for bb, a in variants:
+            params = max(params, sum(p.numel() for p in make(r.T, ds.input_shape, bb, a).parameters()))
+            one = make(1, one_frame, bb, a).eval()            # one image, one step: the neurons per step
+            path = None if rc.model or one.arch is not None else sample_arch(one.backbone, random.Random(0))
+            neurons = max(neurons, sum(one(torch.zeros(1, *one_frame), path)[1].sizes))
+    parts = [(params * BYTES_PER_PARAMETER, what, f"its {params:,} parameters (weights, gradients, Adam moments)",
+              "choose a smaller width"),
+             (activation_bytes(neurons, r.T, r.batch_size), f"--T {r.T} with --batch-size {r.batch_size}",
+              "the training activations", "lower --T or --batch-size")]
+    if env.device.type == "cpu":
+        parts.append((held_bytes(ds), f"the {ds.name} data", "its samples in memory", "use less data"))
+    check_fits(parts, env.memory_bytes(), env.device.type)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,20 +295,20 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
     keep = (f"The last good checkpoint is kept ({ckpt})" if ckpt.exists() else "There is no checkpoint yet") \
         + "; try a lower learning rate"
     if not math.isfinite(m["loss"]):
-        raise AutoSNNError(f"the {what} loss became {m['loss']} in epoch {e}; stopped. {keep}")
+        raise Diverged(f"the {what} loss became {m['loss']} in epoch {e}; stopped. {keep}")
     tensors = [(k, v) for k, v in net.state_dict().items() if v.is_floating_point()]   # BN buffers too
     if not float(torch.stack([v.abs().max() for _, v in tensors]).max()) <= WEIGHT_BOUND:   # nan: False
         bad, v = next((k, v) for k, v in tensors if not float(v.abs().max()) <= WEIGHT_BOUND)
         how = "non-finite" if not bool(v.isfinite().all()) else f"larger than {WEIGHT_BOUND:g} in magnitude"
-        raise AutoSNNError(f"the {what} weights became {how} in epoch {e} (first: {bad}); stopped. {keep}")
+        raise Diverged(f"the {what} weights became {how} in epoch {e} (first: {bad}); stopped. {keep}")
     if net.neuron == "ann" or m["classifier"] is None:
         return
     recent = [h for h in history[-(FLAT_EPOCHS - 1):] if h.get("classifier_rate") is not None] + [m]
     losses = [h["loss"] for h in recent]
     if (len(recent) == FLAT_EPOCHS and all(h["classifier_rate"] >= SATURATED for h in recent)
             and max(losses) - min(losses) <= 1e-3 * max(losses)):
-        raise AutoSNNError(f"the {what} classifier ({m['classifier']}) fired at every step for {FLAT_EPOCHS} "
-                           f"epochs with a flat loss {m['loss']:.4f} (epoch {e}): it has diverged; stopped. {keep}")
+        raise Diverged(f"the {what} classifier ({m['classifier']}) fired at every step for {FLAT_EPOCHS} "
+                       f"epochs with a flat loss {m['loss']:.4f} (epoch {e}): it has diverged; stopped. {keep}")
     if m["layers"].get(m["classifier"], 1) == 0:
         run.warn(("classifier", what), f"the {what} classifier ({m['classifier']}) emitted no spike in epoch "
                  f"{e}: nothing can be learned until it fires (normal early in training; if it persists, "
@@ -360,7 +375,7 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
         run.metrics(stage=kind, **m)
         ck = {"kind": kind, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
               "history": history, "data_gen": data_gen.get_state(), "rng": rng_states(), "config": cfg.to_dict(),
-              "spec": net.spec(), "wall_s": wall, **(extra or {})}
+              "spec": net.spec(), "wall_s": wall, **run.stamp(), **(extra or {})}
         if scheduler is not None:
             ck["scheduler"] = scheduler.state_dict()
         if path_rng is not None:
@@ -392,9 +407,10 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
     return ck
 
 
-def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) -> str:
+def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) -> str | None:
     """Stage 2 (paper sec. 6): evolutionary search on D_val with the super-network's weights.
-    Returns the best architecture string."""
+    Returns the architecture --pick chooses (written to best_arch.txt). A pick that chooses nothing ends
+    --stage search with a warning (None) and --stage all with an error: --resume --pick changes it."""
     r, sc = cfg.run, cfg.search
     ck = ck or load_checkpoint(ck_path, "supernet")
     planned = ck["config"]["supernet"]["supernet_epochs"]
@@ -436,9 +452,9 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
         run.metrics(stage="search", generation=s.generation, evaluated=len(gen), gen_s=took,
                     best_fitness=s.best()["fitness"], best_arch=s.best()["arch"],
                     mean_acc=sum(h["acc"] for h in gen) / max(len(gen), 1))
-        write_history(run.path, s, run.write_text)
+        write_history(run.path, s, run.write_text, run.id)
         run.save({"kind": "search", "search": s.state_dict(), "rng": rng_states(), "config": cfg.to_dict(),
-                  "wall_s": wall}, "search.pt")
+                  "wall_s": wall, **run.stamp()}, "search.pt")
 
     if not search.done:
         run.log(f"search: {sc.search_algo} on D_val ({len(d_val)} images), lambda {sc.lam}, "
@@ -447,10 +463,22 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
         run_search(search, dist.split_pool(evaluate), checkpoint, run.log, num_classes=ds.num_classes,
                    val_images=len(d_val))
     else:
-        write_history(run.path, search, run.write_text)      # rebuilds a damaged search.json from search.pt
-    best = pick(search.history, sc.pick)                # the fittest, or the --pick rule's choice from the front
-    run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
+        write_history(run.path, search, run.write_text, run.id)   # rebuilds a damaged search.json from search.pt
     run.wall["search"] = wall
+    try:
+        best = pick(search.history, sc.pick)            # the fittest, or the --pick rule's choice from the front
+    except AutoSNNError as e:                           # not a dead end: the search is saved, pick again
+        if run.writes and (run.path / "best_arch.txt").exists():
+            with writing(run.path / "best_arch.txt"):
+                (run.path / "best_arch.txt").unlink()   # an earlier pick's choice is not this one's
+        how = (f"the search is done and saved, but --pick {sc.pick} chooses nothing ({e}); see the front with "
+               f"{python()} runs.py rerank {run.path} --pick knee, then choose with {python()} train.py --resume "
+               f"{run.path} --pick RULE")
+        if r.stage == "search":
+            run.warn("pick", how)
+            return None
+        raise AutoSNNError(how) from None
+    run.write_text(run.path / "best_arch.txt", best["arch"] + "\n")
     run.log(f"chosen architecture (--pick {sc.pick}): {best['arch']} (val acc {best['acc']:.4f}, "
             f"spikes {best['spikes']:.0f}, fitness {best['fitness']:.4f})")
     return best["arch"]

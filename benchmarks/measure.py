@@ -35,6 +35,12 @@ def peak_mib(device):
     return None
 
 
+def speedup(ours: float, reference: float) -> float:
+    """How many times faster ours is than the reference, both rates (images/s, architectures/min):
+    > 1 when ours is faster. The one place a ratio of rates is taken."""
+    return ours / reference
+
+
 def timed(fn, device, reps: int, warmup: int) -> float:
     """Median seconds of fn() over reps runs after warmup runs."""
     for _ in range(warmup):

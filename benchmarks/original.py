@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from autosnn import SpikingNetwork, rate_loss
-from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, sync
+from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, speedup, sync
 from evaluation import evaluate_pool
-from fast.steps import use_step_layers
 from fast.compiled import compile_network
 from fast.graphs import WARMUP, GraphedSteps
+from fast.steps import use_step_layers
 from neurons import Neuron
 from plumbing.config import tune_cpu_allocator
 from search_space import resolve_arch, sample_arch
@@ -198,7 +198,7 @@ def beside_original(args) -> dict:
         else:
             rate = {f: len(x) / m for f, m in med.items()}
         rows.append({"case": case, "unit": "arch/min" if case == "search" else "img/s", "rate": rate,
-                     "ratio": {f: r / rate["original"] for f, r in rate.items() if f != "original"},
+                     "ratio": {f: speedup(r, rate["original"]) for f, r in rate.items() if f != "original"},
                      "first_s": first, "median_s": med})
     compile_s = sum({id(m.loops): m.loops.compile_s for net in compiled.values() for m in net.modules()
                      if isinstance(m, Neuron) and m.loops is not None}.values())

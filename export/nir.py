@@ -1,26 +1,36 @@
 """Export a trained AutoSNN child network (or a hand-crafted baseline) to NIR, the Neuromorphic
-Intermediate Representation read by simulators (Norse, snnTorch, spikingjelly, Lava-DL, Sinabs,
-Rockpool) and neuromorphic toolchains. Needs the `nir` package (pip install nir), imported lazily.
+Intermediate Representation read by simulators (Norse, snnTorch, spikingjelly, ...) and neuromorphic
+toolchains. Needs the `nir` package (pip install nir), imported lazily. Readers, their time steps and
+what differs: docs/nir.md.
 
-    python3 runs.py export runs/X --nir net.nir                       # the retrained network
-    >>> from export.nir import to_nir, write_nir, run_nir
-    >>> graph = to_nir(net, dt=1.0)          # nir.NIRGraph; net: SpikingNetwork child or HandcraftedSNN
+    python3 runs.py export runs/X --nir net.nir                     # any reader that fires at v > v_th, dt = 1
+    python3 runs.py export runs/X --nir net.nir --reader snntorch   # the dt and threshold snnTorch needs
+    >>> from export.nir import to_nir, write_nir
+    >>> from export.nir_runner import run_nir
+    >>> graph = to_nir(net, reader="spikingjelly")   # nir.NIRGraph; net: SpikingNetwork child or HandcraftedSNN
     >>> write_nir("runs/X", "net.nir")       # run folder (model.pt) or a network -> file, written atomically
-    >>> scores, spikes = run_nir(graph, images, T=4)   # this module's own small runner of a graph
+    >>> scores, spikes = run_nir(graph, images, T=4)   # the project's own small runner of a graph
 
 What each part of the network becomes (node names are the network's module names):
   conv + eval BN   nir.Conv2d with bias, BN folded in: with s = gamma / sqrt(var + eps),
                    W' = W * s (per output channel),  b' = beta - mean * s.
-  PLIF / LIF       nir.LIF, tau = dt / k with k = sigmoid(w) (PLIF) or 1 / tau0 (LIF), r = 1,
-                   v_leak = 0, v_threshold = v_th, v_reset = 0. The network's update v += (x - v) * k
-                   is exactly the Euler step of NIR's tau dv/dt = (v_leak - v) + r I at step dt.
-  IF               nir.IF, r = 1 / dt (v += dt * r * I = I; r = 1 at the default dt = 1).
-  max-pool 2x2     nir.SumPool2d(2, 2) -> nir.LIF with tau = dt, v_threshold = 0.5 (node '<name>' is
-                   the LIF, '<name>.sum' the pool). On binary spikes max = "at least one spike": the
-                   window sum is an integer, and an LIF whose leak is 1 (tau = dt: v = I each step,
-                   its reset returns it to 0) fires exactly when it is >= 1. Threshold 0.5 lies
-                   between 0 and 1, so v > v_th (NIR) and v >= v_th (ours) agree. Not nir.Threshold:
-                   Norse's and snnTorch's readers and most chips map only neuron nodes.
+  PLIF / LIF       nir.LIF, tau = dt / k with k = sigmoid(w) (PLIF) or 1 / tau0 (LIF) (float64, so a
+                   reader that computes dt / tau in double precision gets k back), r = 1, v_leak = 0,
+                   v_reset = 0. The network's update v += (x - v) * k is exactly the Euler step of NIR's
+                   tau dv/dt = (v_leak - v) + r I at step dt.
+  IF               nir.IF, r = 1 / dt (v += dt * r * I = I).
+  threshold        this project spikes where v >= v_th (float32 v); NIR readers mostly where v > v_threshold.
+                   v_threshold is written as the float32 just below v_th, nextafter(float32(v_th), -inf):
+                   no float32 lies between the two, so v > it exactly when v >= v_th, and such a reader
+                   gives this project's spikes even for a membrane exactly on v_th (binary leaks make
+                   that common). For a reader that spikes at v >= v_threshold (spikingjelly) it is v_th.
+  max-pool 2x2     nir.SumPool2d(2, 2) -> nir.LIF with tau = 2 dt, r = 1, v_threshold = 0.25 (node
+                   '<name>' is the LIF, '<name>.sum' the pool). On binary spikes max = "at least one
+                   spike": the window sum S is an integer, and from v = 0 the LIF reaches v = S / 2, so
+                   it fires exactly when S >= 1 and returns to 0 (reset, or S = 0): memoryless, with
+                   0.25 far from every value v takes. tau = 2 dt, not dt: spikingjelly 2.0.0 needs
+                   tau > dt. Not nir.Threshold: Norse's and snnTorch's readers and most chips map
+                   neuron nodes only.
   avg-pool         nir.AvgPool2d (then the block's neuron); spiking GAP: AvgPool2d over the whole map.
   SRB shortcut     a second edge into the block's last neuron (NIR sums a node's inputs): from the
                    block input (identity) or from its folded 1x1 conv (stride-2 / wider shortcut).
@@ -33,27 +43,81 @@ What each part of the network becomes (node names are the network's module names
   stem             nir.Input [C, H, W]: a static image is fed at every step (the network's direct
                    encoding); event data one frame per step.
 pooling="conv" writes every pooling window as a nir.Conv2d instead (channel-diagonal weights 1,
-resp. 1/(kh*kw)), for readers without pooling nodes (snnTorch 1.0 has no SumPool2d, Norse 1.1 no AvgPool2d).
-The readout: class score = sum over the T steps of the Output node. The graph's metadata says so,
-with the architecture, T, input shape and normalisation, dt, and the firing rule: this project fires
-at v >= v_th, NIR readers at v > v_th (they differ only for a membrane exactly on the threshold).
+resp. 1/(kh*kw)), for readers and chips without pooling nodes.
+The readout: class score = sum over the T steps of node 'output'. The graph's metadata says so, with
+the architecture, T, input shape and normalisation, dt, the reader the file is for, the spike
+condition and what can differ (BN folding rounds currents).
 """
 import io
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from autosnn import MODEL_VERSION, POPULATION, SpikingNetwork, Stem, load_model
 from files import AutoSNNError, atomic_write
 from layers import SCB, SRB, AvgPoolNeuron, ConvBN, FactorizedReduce, GlobalPoolNeuron, MaxPool, Skip
 from neurons import Neuron
 
+EXPORT_VERSION = 2     # of this exporter's graph layout and metadata
 
-EXPORT_VERSION = 1     # of this exporter's graph layout and metadata
+
+@dataclass(frozen=True)
+class Reader:
+    """What one NIR reader assumes (read in its source and measured: docs/nir.md).
+    dt: the time step it simulates at (its fixed value, or the one its loader is given in `load`).
+    fires_at_threshold: it spikes where v >= v_threshold (as this project); False: where v > v_threshold.
+    load: the call that loads a file `graph` right (tools/golden_nir.py evaluates it).
+    runs_if: whether it runs nir.IF nodes as integrate-and-fire neurons."""
+    version: str
+    dt: float
+    fires_at_threshold: bool
+    load: str
+    runs_if: bool = True
+
+
+READERS = {
+    # not norse.torch.from_nir: it goes through the deprecated nirtorch.load, which does not run
+    # these graphs right (docs/nir.md); Norse's node mapping under nir_to_torch instead. Its dt is an
+    # argument (default 1e-3): at dt = 1 it computes every leak, dt * (1 / tau), exactly as this
+    # project; at 1e-3 many PLIF leaks come out one float32 step off.
+    "norse": Reader("norse 1.1.0, nirtorch 2.6", 1.0, False,
+                    "nirtorch.nir_to_torch(graph, {t: functools.partial(norse.torch.utils.import_nir."
+                    "_import_norse_module, dt=1.0) for t in (nir.LIF, nir.IF, nir.Conv2d, nir.SumPool2d, "
+                    "nir.Affine, nir.Linear, nir.Flatten)})"),
+    # snnTorch fixes dt = 1e-4, and maps nir.IF to a leaky neuron (beta 0.9) that needs r = 1
+    "snntorch": Reader("snntorch 1.0.0", 1e-4, False, "snntorch.import_nir.import_from_nir(graph)",
+                       runs_if=False),
+    # import_from_nir's dt defaults to 1e-4; its neurons spike where v - v_threshold >= 0
+    "spikingjelly": Reader("spikingjelly 2.0.0", 1e-4, True,
+                           "spikingjelly.activation_based.nir_exchange.import_from_nir(graph)"),
+}
+
+FIRING_RULE = {
+    False: "the network spikes where v >= v_th (float32 membrane); v_threshold is the float32 just below "
+           "v_th (numpy.nextafter(float32(v_th), -inf)), so a reader that spikes where v > v_threshold "
+           "gives the same spikes, also for a membrane exactly on v_th",
+    True: "the network spikes where v >= v_th (float32 membrane); v_threshold = v_th, for a reader that "
+          "spikes where v >= v_threshold",
+}
+DIFFERENCES = ("BN is folded into the conv weights and biases (float64, rounded to float32): a conv's output "
+               "moves by up to a few 1e-6, which flips a spike only where a membrane lies that close to the "
+               "threshold; readers that compute the leak otherwise (snnTorch scales the membrane by tau/dt, "
+               "spikingjelly divides by tau) round differently there too. Measured in Norse 1.1, snnTorch 1.0 "
+               "and spikingjelly 2.0.0: at most 108 of 22,312,000 neuron outputs (0.0005%) and no prediction "
+               "on 250 images (docs/nir.md)")
+
+
+def threshold(v_th: float, fires_at_threshold: bool = False) -> np.float32:
+    """The v_threshold that makes a reader spike where this project does, at v >= float32(v_th).
+    For a reader that spikes at v > v_threshold: the float32 just below v_th (no float32 lies between
+    them, so for every float32 v, v > nextafter(v_th, -inf) exactly when v >= v_th)."""
+    t = np.float32(v_th)
+    return t if fires_at_threshold else np.nextafter(t, np.float32(-np.inf))
 
 
 def import_nir():
@@ -87,14 +151,21 @@ class _Graph:
     """Collects NIR nodes and edges while walking a network; `shape` is the [C, H, W] / [F] at the
     current node."""
 
-    def __init__(self, nir, dt: float, pooling: str):
-        self.nir, self.dt, self.pooling = nir, float(dt), pooling
+    def __init__(self, nir, dt: float, pooling: str, reader: str | None):
+        self.nir, self.dt, self.pooling, self.reader = nir, float(dt), pooling, reader
+        self.at_threshold = reader is not None and READERS[reader].fires_at_threshold
         self.nodes, self.edges = {}, []
 
     def add(self, name, node, *sources):
         self.nodes[name] = node
         self.edges += [(s, name) for s in sources]
         return name
+
+    def lif(self, shape, tau: float, v_threshold):
+        """An nir.LIF [shape] with r = 1, v_leak = v_reset = 0; tau in float64 (module docstring)."""
+        f32 = lambda v: np.full(shape, v, dtype=np.float32)
+        return self.nir.LIF(tau=np.full(shape, tau, dtype=np.float64), r=f32(1.0), v_leak=f32(0.0),
+                            v_threshold=f32(v_threshold), v_reset=f32(0.0))
 
     def conv(self, name, src, shape, conv, bn, weight=None, stride=None, padding=None):
         """Folded conv + BN. Returns (node name, output shape)."""
@@ -109,14 +180,18 @@ class _Graph:
         if neuron.kind == "ann":
             raise AutoSNNError(f"layer {name!r} is a ReLU (the ANN ablation, neuron='ann'): NIR describes "
                                f"spiking networks; export a network trained with neuron plif, lif or if")
-        full = lambda v: np.full(shape, v, dtype=np.float32)
+        th = threshold(neuron.v_th, self.at_threshold)
         k = neuron.leak()
         if k is None:
-            node = self.nir.IF(r=full(1.0 / self.dt), v_threshold=full(neuron.v_th), v_reset=full(0.0))
+            if self.reader is not None and not READERS[self.reader].runs_if:
+                raise AutoSNNError(f"layer {name!r} is an IF neuron, which {READERS[self.reader].version} "
+                                   f"does not run (it maps nir.IF to a leaky neuron, beta 0.9, and wants r = 1): "
+                                   f"export for norse or spikingjelly")
+            full = lambda v: np.full(shape, v, dtype=np.float32)
+            node = self.nir.IF(r=full(1.0 / self.dt), v_threshold=full(th), v_reset=full(0.0))
         else:
-            tau = self.dt / float(torch.as_tensor(k).detach())
-            node = self.nir.LIF(tau=full(tau), r=full(1.0), v_leak=full(0.0), v_threshold=full(neuron.v_th),
-                                v_reset=full(0.0))
+            # k as the network computes with it: a float32 (PLIF's sigmoid, LIF's 1 / tau0 rounded)
+            node = self.lif(shape, self.dt / float(torch.as_tensor(k, dtype=torch.float32).detach()), th)
         return self.add(name, node, *sources)
 
     def window(self, name, src, shape, k, average):
@@ -136,12 +211,10 @@ class _Graph:
         return self.add(name, node, src), out
 
     def maxpool(self, name, src, shape):
-        """Max-pool of binary spikes = sum-pool, then a memoryless threshold at 0.5 (module docstring)."""
+        """Max-pool of binary spikes = sum-pool, then a memoryless LIF (tau = 2 dt, threshold 0.25:
+        module docstring)."""
         pool, out = self.window(name + ".sum", src, shape, (2, 2), average=False)
-        full = lambda v: np.full(out, v, dtype=np.float32)
-        node = self.nir.LIF(tau=full(self.dt), r=full(1.0), v_leak=full(0.0), v_threshold=full(0.5),
-                            v_reset=full(0.0))
-        return self.add(name, node, pool), out
+        return self.add(name, self.lif(out, 2 * self.dt, 0.25), pool), out
 
     def block(self, name, src, shape, m):
         """One body layer of a child network or baseline. Returns (output node name, output shape)."""
@@ -202,24 +275,35 @@ class _Graph:
         return self.add("output", self.nir.Output(output_type={"output": np.array([num_classes])}), x)
 
 
-def to_nir(net: nn.Module, dt: float = 1.0, normalisation=None, pooling: str = "sum"):
+def to_nir(net: nn.Module, dt: float | None = None, normalisation=None, pooling: str = "sum",
+           reader: str | None = None):
     """The network as a nir.NIRGraph (module docstring: what each layer becomes).
 
     net: a child SpikingNetwork (autosnn.py) or a HandcraftedSNN (baselines.py); its BN running
-    statistics are used (eval semantics), whatever its mode. dt: the time step the graph's time
-    constants are expressed in (tau = dt / k). normalisation: (mean, std) per input channel that the
-    images must be normalised with before they are fed, recorded in the metadata (None: none, e.g.
-    raw event counts). pooling: 'sum' (nir.SumPool2d / nir.AvgPool2d) or 'conv' (Conv2d windows).
-    Raises AutoSNNError, naming the layer, for what NIR cannot represent (the ANN ablation)."""
-    if not dt > 0:
-        raise AutoSNNError(f"dt must be > 0 (got {dt})")
+    statistics are used (eval semantics), whatever its mode. reader: None (any reader that spikes at
+    v > v_threshold and takes the metadata's dt) or a key of READERS: the file gets that reader's dt
+    and threshold. dt: the time step the graph's time constants are expressed in (tau = dt / k);
+    default the reader's, else 1. normalisation: (mean, std) per input channel that the images must
+    be normalised with before they are fed, recorded in the metadata (None: none, e.g. raw event
+    counts). pooling: 'sum' (nir.SumPool2d / nir.AvgPool2d) or 'conv' (Conv2d windows).
+    Raises AutoSNNError, naming the layer, for what NIR or the reader cannot run (the ANN ablation;
+    IF neurons in snnTorch)."""
+    if reader is not None and reader not in READERS:
+        raise AutoSNNError(f"unknown reader {reader!r}; choose one of: {', '.join(READERS)}")
+    if dt is None:
+        dt = READERS[reader].dt if reader is not None else 1.0
+    elif reader is not None and dt != READERS[reader].dt:
+        raise AutoSNNError(f"{READERS[reader].version} simulates at dt = {READERS[reader].dt:g}, not {dt:g}: "
+                           f"leave dt out with reader {reader!r}")
+    if not (math.isfinite(dt) and dt > 0):
+        raise AutoSNNError(f"dt must be a finite number > 0 (got {dt})")
     if pooling not in ("sum", "conv"):
         raise AutoSNNError(f"pooling must be 'sum' or 'conv' (got {pooling!r})")
     if getattr(net, "neuron", None) == "ann":
         raise AutoSNNError("layer 'stem.n1' is a ReLU (the ANN ablation, neuron='ann'): NIR describes spiking "
                            "networks; export a network trained with neuron plif, lif or if")
     nir = import_nir()
-    g = _Graph(nir, dt, pooling)
+    g = _Graph(nir, dt, pooling, reader)
     shape = tuple(net.input_shape)
     x = g.add("input", nir.Input(input_type={"input": np.array(shape)}))
     x, shape = g.stem(x, shape, net.stem)
@@ -254,20 +338,29 @@ def to_nir(net: nn.Module, dt: float = 1.0, normalisation=None, pooling: str = "
                   else "static image: the same normalised image at every one of the T steps"),
         "normalisation": "x = (pixel / 255 - mean) / std per channel: " + norm if normalisation else norm,
         "dt": float(dt),
+        "reader": ("any NIR reader that spikes at v > v_threshold, at the dt above" if reader is None else
+                   f"{READERS[reader].version}: {READERS[reader].load}"),
         "neuron_discretisation": "Euler at dt: v += dt / tau * (v_leak - v + r * I), then spike and reset to v_reset",
-        "firing_rule": "this project fires at v >= v_threshold; NIR readers at v > v_threshold",
+        "spike_condition": "v >= v_threshold" if g.at_threshold else "v > v_threshold",
+        "firing_rule": FIRING_RULE[g.at_threshold],
+        "differences": DIFFERENCES,
         "readout": f"class score = sum over the T steps of node 'output' (mean rate of the {POPULATION} "
                    "neurons per class); the prediction is the argmax",
-        "maxpool": "SumPool2d(2x2) then LIF with tau = dt, v_threshold = 0.5: max of binary spikes",
+        "maxpool": "SumPool2d(2x2) then LIF with tau = 2 dt, r = 1, v_threshold = 0.25: v = window sum / 2, "
+                   "so it spikes where the window holds a spike (max of binary spikes) and stays memoryless",
     }
     return nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=metadata)
 
 
-def write_nir(net_or_run_dir, path, *, dt: float = 1.0, pooling: str = "sum", log=print):
+def write_nir(net_or_run_dir, path, *, dt: float | None = None, pooling: str = "sum", reader: str | None = None,
+              target: str | None = None, log=print):
     """Export a network, or a run folder's retrained network (model.pt; its dataset's normalisation
-    from config.json), to the NIR file `path`, written atomically (never half a file)."""
+    from config.json), to the NIR file `path`, written atomically (never half a file). dt, pooling,
+    reader: as to_nir. target: a chip whose toolchain's rules the graph must pass first (TARGETS)."""
     nir = import_nir()
     path = Path(path)
+    if path.is_dir():
+        raise AutoSNNError(f"cannot write {path}: it is a folder; give a file name such as {path / 'net.nir'}")
     if not path.parent.is_dir():
         raise AutoSNNError(f"cannot write {path}: folder {path.parent} does not exist")
     normalisation = None
@@ -277,14 +370,54 @@ def write_nir(net_or_run_dir, path, *, dt: float = 1.0, pooling: str = "sum", lo
         run_dir = Path(net_or_run_dir)
         net = load_model(run_dir)
         normalisation = run_normalisation(run_dir)
-    graph = to_nir(net, dt=dt, normalisation=normalisation, pooling=pooling)
+    graph = to_nir(net, dt=dt, normalisation=normalisation, pooling=pooling, reader=reader)
+    if target is not None:
+        check_target(graph, target)
     buf = io.BytesIO()
     nir.write(buf, graph)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     kinds = sorted({type(n).__name__ for n in graph.nodes.values()})
     log(f"wrote {path}: {len(graph.nodes)} NIR nodes ({', '.join(kinds)}), {len(graph.edges)} edges, "
-        f"dt={dt}, T={net.T}; class scores = sum over T of node 'output'")
+        f"dt={graph.metadata['dt']:g}, T={net.T}, for {READERS[reader].version if reader else 'any NIR reader'}"
+        f" (spikes at {graph.metadata['spike_condition']}); class scores = sum over T of node 'output'")
     return graph
+
+
+# A chip's toolchain maps a graph only in the shapes it knows. DynapCNN (as sinabs 3.1.3 maps a
+# network onto it: sinabs/backend/dynapcnn/connectivity_specs.py): integrate-and-fire neurons only,
+# a neuron layer fed by exactly one weight layer (conv or linear), pooling only after a neuron layer.
+TARGETS = ("dynapcnn",)
+
+
+def check_target(graph, target: str) -> None:
+    """Refuse, in one line naming the layers, a graph that `target` cannot run (what TARGETS' comment
+    says). The readout (Affine 'readout' -> Output) is left to the host: it is not checked."""
+    nir = import_nir()
+    if target not in TARGETS:
+        raise AutoSNNError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    sources = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
+    weight = (nir.Conv2d, nir.Linear, nir.Affine)
+    leaky, joins, pooled = [], [], []
+    for name, node in graph.nodes.items():
+        if not isinstance(node, (nir.LIF, nir.IF)):
+            continue
+        if len(sources[name]) > 1:
+            joins.append(name)
+        elif not isinstance(graph.nodes[sources[name][0]], weight):
+            pooled.append(name)                      # the max-pool's neuron, or avg-pool + neuron
+        elif isinstance(node, nir.LIF):
+            leaky.append(name)
+    problems = [f"{what} ({_few(names)}): {why}" for what, why, names in (
+        ("leaky neurons", "its neurons integrate and fire without a leak (train with --neuron if)", leaky),
+        ("residual joins", "a neuron layer takes one conv's output, not a sum of two (no SRB blocks)", joins),
+        ("neurons after a pooling layer", "it pools after a neuron layer only (max-pool, avg-pool and "
+         "global-pool blocks have no form there)", pooled)) if names]
+    if problems:
+        raise AutoSNNError(f"{target} cannot run this network: " + "; ".join(problems))
+
+
+def _few(names: list) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def run_normalisation(run_dir: Path):
@@ -296,119 +429,3 @@ def run_normalisation(run_dir: Path):
         return None
     from data import NORMALISATION
     return NORMALISATION.get(dataset)
-
-
-# ----------------------------------------------------------------------------------------------
-# A small independent runner of a NIR graph (NIR's semantics, not this project's modules)
-# ----------------------------------------------------------------------------------------------
-
-def _order(graph) -> list:
-    """Node names in an order where every node comes after its sources (the graph is acyclic)."""
-    sources = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
-    done, order = set(), []
-    while len(order) < len(graph.nodes):
-        ready = [n for n in graph.nodes if n not in done and all(s in done for s in sources[n])]
-        if not ready:
-            raise AutoSNNError("the NIR graph has a cycle: run_nir runs feed-forward graphs only")
-        order += ready
-        done.update(ready)
-    return order
-
-
-def run_nir(graph, x: torch.Tensor, T: int, fire_at_threshold: bool = False):
-    """Run a feed-forward NIR graph one step at a time, float32, from NIR's equations alone.
-
-    x: [B, C, H, W] (fed at every step) or [B, T, C, H, W] (frame t at step t).
-    Neurons: Euler at the graph's metadata dt, v += dt / tau * (v_leak - v + r * I) (LIF),
-    v += dt * r * I (IF); spike where v > v_threshold (v >= with fire_at_threshold, this project's
-    rule); then v = v_reset where it spiked. A node's input is the sum of its sources' outputs.
-    Returns (scores [B, K] = the output node summed over T, {neuron node: spikes [T, B, ...]})."""
-    nir = import_nir()
-    dt = float(graph.metadata.get("dt", 1.0))
-    order = _order(graph)
-    sources = {n: [a for a, b in graph.edges if b == n] for n in graph.nodes}
-    t32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    state, spikes, total = {}, {}, 0
-    for t in range(T):
-        out = {}
-        for name in order:
-            node = graph.nodes[name]
-            if isinstance(node, nir.Input):
-                out[name] = (x[:, t] if x.dim() == 5 else x).float()
-                continue
-            inp = out[sources[name][0]]
-            for s in sources[name][1:]:
-                inp = inp + out[s]
-            if isinstance(node, nir.Conv2d):
-                y = F.conv2d(inp, t32(node.weight), t32(node.bias), tuple(node.stride), tuple(node.padding),
-                             tuple(node.dilation), int(node.groups))
-            elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
-                k, s, p = (tuple(int(v) for v in a) for a in (node.kernel_size, node.stride, node.padding))
-                y = F.avg_pool2d(inp, k, s, p, divisor_override=1 if isinstance(node, nir.SumPool2d) else None)
-            elif isinstance(node, nir.Flatten):
-                end = node.end_dim if node.end_dim < 0 else node.end_dim + 1
-                y = inp.flatten(node.start_dim + 1, end)
-            elif isinstance(node, (nir.Linear, nir.Affine)):
-                y = inp @ t32(node.weight).T
-                if isinstance(node, nir.Affine):
-                    y = y + t32(node.bias)
-            elif isinstance(node, (nir.LIF, nir.IF)):
-                v = state.get(name, torch.zeros_like(inp))
-                if isinstance(node, nir.LIF):
-                    v = v + dt / t32(node.tau) * (t32(node.v_leak) - v + t32(node.r) * inp)
-                else:
-                    v = v + dt * t32(node.r) * inp
-                th = t32(node.v_threshold)
-                y = (v >= th if fire_at_threshold else v > th).float()
-                state[name] = torch.where(y.bool(), t32(node.v_reset), v)
-                spikes.setdefault(name, []).append(y)
-            elif isinstance(node, nir.Output):
-                y = inp
-                total = total + y
-            else:
-                raise AutoSNNError(f"run_nir cannot run node {name!r} of type {type(node).__name__}")
-            out[name] = y
-    return total, {k: torch.stack(v) for k, v in spikes.items()}
-
-
-def graphs_equal(a, b) -> list:
-    """Differences between two NIR graphs, node for node ([] when equal): same node names and types,
-    same parameters (arrays compared exactly), same edges, same graph metadata."""
-    diffs = []
-    if set(a.nodes) != set(b.nodes):
-        diffs.append(f"node names differ: {sorted(set(a.nodes) ^ set(b.nodes))}")
-    for name in sorted(set(a.nodes) & set(b.nodes)):
-        da, db = a.nodes[name].to_dict(), b.nodes[name].to_dict()
-        if da.keys() != db.keys():
-            diffs.append(f"{name}: fields {sorted(da)} vs {sorted(db)}")
-            continue
-        for k in da:
-            va, vb = _plain(da[k]), _plain(db[k])
-            if not _same(va, vb):
-                diffs.append(f"{name}.{k}: {va!r:.60} vs {vb!r:.60}")
-    if sorted(map(tuple, a.edges)) != sorted(map(tuple, b.edges)):
-        diffs.append("edges differ")
-    ma = {k: _plain(v) for k, v in (a.metadata or {}).items()}
-    mb = {k: _plain(v) for k, v in (b.metadata or {}).items()}
-    if ma.keys() != mb.keys() or not all(_same(ma[k], mb[k]) for k in ma):
-        diffs.append(f"metadata differs: {sorted(ma)} vs {sorted(mb)}")
-    return diffs
-
-
-def _plain(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (np.ndarray, list, tuple)) or isinstance(b, (np.ndarray, list, tuple)):
-        a, b = np.asarray(a), np.asarray(b)
-        return a.shape == b.shape and a.dtype.kind == b.dtype.kind and np.array_equal(a, b)
-    return a == b

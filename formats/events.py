@@ -201,8 +201,9 @@ def cache_key(name: str, T: int, split_by: str) -> dict:
             "orientation": ORIENTATION[name], "time_split": TIME_SPLIT}
 
 
-def read_index(folder: Path, split: str, key: dict):
-    """(files [absolute paths], labels) of a complete cached split, or None when it is not cached yet."""
+def read_index(folder: Path, split: str, key: dict, num_classes: int):
+    """(files [absolute paths], labels) of a complete cached split, or None when it is not cached yet.
+    Every label an integer in [0, num_classes), one per file, each file a sample file of this split."""
     index = folder / f"{split}.json"
     if not index.exists():
         return None
@@ -214,7 +215,26 @@ def read_index(folder: Path, split: str, key: dict):
                            f"to rebuild it") from None
     if found != key:
         raise AutoSNNError(f"the frame cache {folder} was made with other settings ({found}); delete it to rebuild it")
+    why = index_problem(files, labels, split, num_classes)
+    if why is not None:
+        raise AutoSNNError(f"the frame cache index {index} is damaged ({why}); delete {folder} to rebuild it")
     return [str(folder / f) for f in files], labels
+
+
+def index_problem(files, labels, split: str, num_classes: int) -> str | None:
+    """What is wrong with a cache index's lists, or None."""
+    if not isinstance(files, list) or not isinstance(labels, list):
+        return "files and labels must be lists"
+    if len(files) != len(labels) or not files:
+        return f"{len(files)} files and {len(labels)} labels"
+    bad = next((v for v in labels if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < num_classes)),
+               None)
+    if bad is not None or any(isinstance(v, bool) for v in labels):
+        return f"label {bad!r} is not a class index in 0..{num_classes - 1}"
+    bad = next((f for f in files if not (isinstance(f, str) and f.startswith(f"{split}/") and ".." not in f)), None)
+    if bad is not None:
+        return f"file {bad!r} is not a sample file of {split}/"
+    return None
 
 
 def write_split(folder: Path, split: str, samples, T: int, split_by: str, key: dict, name: str = "", log=None):
@@ -246,12 +266,17 @@ def _write(path: Path, write) -> None:
         raise AutoSNNError(f"cannot write the frame cache file {path} ({e.strerror or e})") from None
 
 
-def read_frames(path) -> np.ndarray:
-    """Cached frames of one sample -> uint8 [T, 2, H, W], or int32 where a count exceeds 255."""
+def read_frames(path, shape: tuple | None = None) -> np.ndarray:
+    """Cached frames of one sample -> uint8 [T, 2, H, W], or int32 where a count exceeds 255. shape: the
+    [T, 2, H, W] every sample of the cache has (checked when given)."""
     try:
         with np.load(path) as z:
             frames = z["frames"]
     except Exception as e:   # missing, truncated or foreign files raise many types
         raise AutoSNNError(f"cached frames {path} are unreadable ({type(e).__name__}: {e}); delete "
                            f"{Path(path).parent.parent} to rebuild them") from None
+    if frames.dtype.kind != "u" or (shape is not None and tuple(frames.shape) != tuple(shape)):
+        raise AutoSNNError(f"cached frames {path} are {frames.dtype} {list(frames.shape)}, not counts of shape "
+                           f"{list(shape or ['T', 2, 'H', 'W'])}: the cache is damaged; delete "
+                           f"{Path(path).parent.parent} to rebuild it")
     return frames if frames.dtype == np.uint8 else frames.astype(np.int32)

@@ -141,10 +141,50 @@ PRESETS = {
                 "crossovers": 2, "bn_recalib": 2, "log_every": 0, "model_width": 8},
 }
 DEFAULT_PRESET = "short"
-# A preset's value for an option that does not apply to the run is left out, so that it never
-# surfaces in an error about an option the user did not type (--dry-run --dataset cifar10).
-APPLIES = {"n_train": lambda v: v["dataset"] in SYNTHETIC, "n_test": lambda v: v["dataset"] in SYNTHETIC,
-           "model_width": lambda v: bool(v["model"])}
+EVENT_FILES = ("cifar10dvs", "dvs128gesture")      # recordings made into frames: --split-by applies
+
+# Options that do not apply: one rule for all of them.
+#   APPLIES: options that shape the network or its data, each only under another option's choice. A value
+#     other than the default while that choice is not made is refused: the run would build something
+#     other than what the command line says (--tau0 for a neuron without a leak).
+#   READ_BY: settings of one part of the pipeline (a stage, the evolution's operators, the AutoSNN backbone
+#     a --model run does not build). A value other than the default given on the command line while that
+#     part does not run is noted once in the run's log, not refused: one command line may serve every
+#     stage (--stage supernet, then --stage search ..., then --stage retrain --model ...).
+# A preset's value for an option that does not apply is left out either way, so that it never surfaces in
+# an error or a note about an option the user did not type (--dry-run --dataset cifar10).
+APPLIES = {
+    "n_train": (lambda v: v["dataset"] in SYNTHETIC, "--n-train sizes synthetic data only (--dataset "
+                                                     "synthetic or synthetic-dvs)"),
+    "n_test": (lambda v: v["dataset"] in SYNTHETIC, "--n-test sizes synthetic data only (--dataset synthetic "
+                                                    "or synthetic-dvs)"),
+    "split_by": (lambda v: v["dataset"] in EVENT_FILES, f"--split-by cuts event recordings into frames "
+                                                        f"(--dataset {' or '.join(EVENT_FILES)})"),
+    "tau0": (lambda v: v["neuron"] in ("plif", "lif"), "--tau0 is the leak of --neuron plif or lif"),
+    "v_th": (lambda v: v["neuron"] != "ann", "--v-th is the threshold of spiking neurons (not --neuron ann)"),
+    "model_width": (lambda v: bool(v["model"]), "--model-width is for --model (a hand-crafted baseline)"),
+}
+
+
+def read_by(stages: tuple, algorithms: tuple | None = None):
+    """(applies, why) of a setting of the stages `stages` (and of the search algorithms `algorithms`)."""
+    why = f"read by --stage {' or '.join(stages)}" + (f" with --search-algo {' or '.join(algorithms)}"
+                                                       if algorithms else "")
+    return (lambda v: v["stage"] in stages and (algorithms is None or v["search_algo"] in algorithms)), why
+
+
+SEARCH_STAGES = ("all", "search")
+READ_BY = {
+    **{k: read_by(("all", "supernet")) for k in ("supernet_epochs", "supernet_lr")},
+    "train_portion": read_by(("all", "supernet", "search")),
+    **{f.name: read_by(SEARCH_STAGES) for f in fields(SearchConfig)},
+    **{k: read_by(("all", "retrain", "study")) for k in ("retrain_epochs", "retrain_lr", "optimizer", "eval_every")},
+    "study_block": read_by(("study",)),
+    "activation_checkpointing": read_by(("all", "supernet", "retrain", "study")),
+    **{k: read_by(SEARCH_STAGES, ("evolution", "pareto")) for k in ("topk", "mutations", "crossovers", "mutation_prob")},
+    "objectives": read_by(SEARCH_STAGES, ("pareto",)),
+    "backbone": (lambda v: not v["model"], "a --model baseline has its own layout (its width: --model-width)"),
+}
 # What --neuron ann implies: one step, and no spikes, so fitness = accuracy.
 ANN_FIXED = {"T": 1, "lam": 0.0}
 
@@ -193,8 +233,8 @@ def make_config(given: dict) -> tuple[Config, str]:
     preset = "dry-run" if given.pop("dry_run", False) else given.pop("preset", DEFAULT_PRESET)
     defaults = Config.from_flat({}).flat()
     values = {**defaults, **PRESETS[preset], **given}
-    for k, applies in APPLIES.items():
-        if k not in given and not applies(values):
+    for k in set(APPLIES) | set(READ_BY):
+        if k not in given and not applies(k, values):
             values[k] = defaults[k]
     if values["neuron"] == "ann":
         for k, v in ANN_FIXED.items():
@@ -205,6 +245,20 @@ def make_config(given: dict) -> tuple[Config, str]:
     cfg = Config.from_flat(values)
     check_config(cfg)
     return cfg, preset
+
+
+def applies(name: str, values: dict) -> bool:
+    """Whether option `name` takes part in the run `values` ({option: value}) describes."""
+    rule = APPLIES.get(name) or READ_BY.get(name)
+    return rule is None or rule[0](values)
+
+
+def unused_options(cfg: Config, given) -> list[str]:
+    """Notes for the options typed (`given`: their names) with a value other than the default that the run
+    does not read (READ_BY): logged once each, nothing refused."""
+    values, defaults = cfg.flat(), Config.from_flat({}).flat()
+    return [f"{flag(k)} {values[k]} is not used by this run ({READ_BY[k][1]})" for k in sorted(set(given) & set(READ_BY))
+            if values[k] != defaults[k] and not applies(k, values)]
 
 
 def user_error(fn, *args):
@@ -241,17 +295,16 @@ def check_config(cfg: Config) -> None:
                            f"(got --T {r.T}, --lam {se.lam})")
     for name in ("T", "batch_size", "supernet_epochs", "retrain_epochs", "eval_every"):
         need(values[name] >= 1, name, "an integer >= 1")
-    for name in ("eval_batch_size", "threads", "log_every", "cutout", "model_width", "n_train", "n_test"):
+    for name in ("eval_batch_size", "log_every", "cutout", "model_width", "n_train", "n_test"):
         need(values[name] >= 0, name, "an integer >= 0")
     for name in ("seed", "search_seed"):
         need(0 <= values[name] <= SEED_MAX, name, f"an integer in 0..{SEED_MAX}")
-    cpus = os.cpu_count() or 1
-    need(r.threads <= cpus, "threads", f"at most this machine's {cpus} CPUs (more threads than CPUs run "
-                                       f"many times slower)")
-    if r.dataset not in SYNTHETIC:
-        for name in ("n_train", "n_test"):
-            need(values[name] == 0, name, "0 (it sizes synthetic data only)")
-    elif r.n_train and 0 < sn.train_portion < 1:
+    check_threads(r.threads)
+    defaults = Config.from_flat({}).flat()
+    for name, (_, why) in APPLIES.items():
+        if values[name] != defaults[name] and not applies(name, values):
+            raise AutoSNNError(f"{why}: drop {flag(name)} {values[name]}")
+    if r.dataset in SYNTHETIC and r.n_train and 0 < sn.train_portion < 1:
         k = int(r.n_train * sn.train_portion + 1e-9)
         if not 0 < k < r.n_train:
             raise AutoSNNError(f"--n-train {r.n_train} with --train-portion {sn.train_portion} leaves an empty "
@@ -281,13 +334,21 @@ def check_config(cfg: Config) -> None:
         raise AutoSNNError("--model is for --stage retrain")
     if rc.model and rc.arch:
         raise AutoSNNError("give either --model (a baseline) or --arch (an AutoSNN architecture), not both")
-    if rc.model_width and not rc.model:
-        raise AutoSNNError("--model-width is for --model (a hand-crafted baseline)")
     user_error(check_candidate, rc.study_block)
     root = Path(r.data_root)
     if root.exists() and not root.is_dir():
         raise AutoSNNError(f"--data-root {root} is a file, not a folder")
     resolve_device(r.device)
+
+
+def check_threads(threads: int) -> None:
+    """--threads: 0 (torch's choice) up to this machine's CPUs (train.py and bench.py)."""
+    if threads < 0:
+        raise AutoSNNError(f"--threads must be an integer >= 0 (got {threads})")
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise AutoSNNError(f"--threads must be at most this machine's {cpus} CPUs (more threads than CPUs run "
+                           f"many times slower; got {threads})")
 
 
 def resolve_device(text: str) -> torch.device:
@@ -317,6 +378,9 @@ def check_out(out: str, name: str) -> Path:
     if not name or name in (".", "..") or name.startswith(".") or "/" in name or os.sep in name:
         raise AutoSNNError(f"--name {name!r} must be a plain folder name inside --out (no '/', not "
                            f"starting with '.')")
+    if not out.strip():
+        raise AutoSNNError(f"--out {out!r} names no folder; give the parent folder of run folders (the current "
+                           f"folder is --out .)")
     base = Path(out)
     probe = base
     while not probe.exists():

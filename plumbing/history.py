@@ -7,14 +7,15 @@ from pathlib import Path
 
 from files import AutoSNNError, csv_text, read_json
 from pareto import pareto_front
+from plumbing.schema import check_search_doc
 
 
-def write_history(run_dir: Path, search, atomic_write) -> None:
-    """search.json (every evaluated architecture and the search's settings) and pareto.csv (the
-    accuracy-spikes front). search: evolve.Search; atomic_write(path, text) writes one file."""
+def write_history(run_dir: Path, search, atomic_write, run_id: str | None = None) -> None:
+    """search.json (every evaluated architecture, the search's settings and the run id of its run folder)
+    and pareto.csv (the accuracy-spikes front). search: evolve.Search; atomic_write(path, text) writes one file."""
     records = search.history
     cfg = search.cfg
-    doc = {"lam": cfg.lam, "spike_norm": search.spike_norm, "algorithm": cfg.search_algo,
+    doc = {"run_id": run_id, "lam": cfg.lam, "spike_norm": search.spike_norm, "algorithm": cfg.search_algo,
            "objectives": cfg.objectives, "pick": cfg.pick, "generations": search.generation,
            "first_generation": 1, "history": records}
     atomic_write(run_dir / "search.json", json.dumps(doc, indent=1))
@@ -23,19 +24,16 @@ def write_history(run_dir: Path, search, atomic_write) -> None:
 
 
 def load_history(run_dir: Path) -> dict:
-    """search.json of a run folder, checked. Generations are numbered from 1 ("first_generation": 1);
-    a file without that key was made by an older version and is refused."""
+    """search.json of a run folder, checked (plumbing/schema.py). Generations are numbered from 1
+    ("first_generation": 1); a file without that key or without "run_id" was made by an older version
+    and is refused."""
     path = Path(run_dir) / "search.json"
     if not path.is_file():
         raise AutoSNNError(f"{path} not found: point at a run folder whose search stage has run")
     doc = read_json(path)
-    h = doc.get("history") if isinstance(doc, dict) else None
-    if not isinstance(h, list) or not all(isinstance(r, dict) and {"arch", "acc", "spikes", "fitness"} <= set(r)
-                                          for r in h):
-        raise AutoSNNError(f"{path} has no valid \"history\" list (arch, acc, spikes, fitness per record): "
-                           "not a search result of this project")
-    if not h:
+    check_search_doc(doc, path)
+    if not doc["history"]:
         raise AutoSNNError(f"{path} holds no evaluated architecture")
-    if doc.get("first_generation") != 1:
+    if doc.get("first_generation") != 1 or "run_id" not in doc:
         raise AutoSNNError(f"{path} was made by an older version of this project: rerun the search stage")
     return doc

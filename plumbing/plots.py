@@ -6,13 +6,13 @@ accuracy and spikes per epoch of each training stage). matplotlib is optional an
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
 from files import AutoSNNError, atomic_write
 from pareto import hypervolume, pareto_front, pick
 from plumbing.history import load_history
+from plumbing.schema import read_metrics_row
 
 
 def plot_run(run_dir, log=print) -> list[str]:
@@ -119,17 +119,19 @@ def pareto_title(doc: dict) -> str:
 
 
 def read_metrics(path: Path, log=print) -> list[dict]:
-    """The rows of metrics.jsonl; a damaged line (a crash mid-append) is skipped with a note."""
+    """The rows of metrics.jsonl; a damaged line (a crash mid-append, binary garbage, a count that is no
+    integer: plumbing/schema.py) is skipped with a note."""
     if not path.is_file():
         return []
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise AutoSNNError(f"cannot read {path}: {e.strerror or e}") from None
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
+    for i, line in enumerate(lines, 1):
+        row, why = read_metrics_row(line)
+        if why is None:
             rows.append(row)
         elif line.strip():
-            log(f"note: {path} line {i} is damaged and left out of the plots")
+            log(f"note: {path} line {i} is damaged ({why}) and left out of the plots")
     return rows

@@ -19,10 +19,11 @@ import json
 import os
 import platform
 import random
+import secrets
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +32,51 @@ import torch
 import autosnn
 from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, csv_text, remove_stale_temps
 from plumbing import dist
-from plumbing.config import FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config
+from plumbing.config import (FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config,
+                              unused_options)
+from plumbing.schema import check_search_doc, read_metrics_row
 
 
 CHECKPOINTS = {"supernet": "supernet.pt", "search": "search.pt", "retrain": "child.pt"}
+# what each kind of checkpoint holds (train.fit and train.search_stage write them)
+_TRAINED = ("model", "optimizer", "epoch", "history", "data_gen", "rng", "config", "spec", "wall_s", "run_id")
+CHECKPOINT_KEYS = {"supernet": (*_TRAINED, "path_rng", "spike_norm", "num_classes", "input_shape"),
+                   "search": ("search", "rng", "config", "wall_s", "run_id"),
+                   "retrain": (*_TRAINED, "scheduler")}
 OLDER = "made by an older version of this project; rerun"
-RESUME_MAY_CHANGE = {"device", "threads", "compile", "log_every"}
+# What --resume may change (the rest comes from config.json): how the run executes, and --pick, which
+# chooses from a finished search (a pick that matched nothing must not be a dead end).
+RESUME_MAY_CHANGE = {"device", "threads", "compile", "log_every", "pick"}
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def new_run_id() -> str:
+    """A new run's identity: its start time and 8 random hex digits (two runs started in the same second
+    differ). Recorded in config.json and in every checkpoint, history and model file of the run."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+
+
 @dataclass
 class Where:
     """The run folder a command line resolved to. rebuilt: the configuration when config.json had to be
-    rebuilt from a checkpoint (written once the folder is locked); supernet: a given --supernet's checkpoint."""
+    rebuilt from a checkpoint (written once the folder is locked); supernet: a given --supernet's checkpoint.
+    run_id: the run's identity, recorded in every file of its folder (plumbing/identity.py); supernet_run:
+    the run id of the super-network it started from, when that is another run's; source: the file the
+    configuration came from; changed: the options --resume changed ({option: (before, now)}); notes:
+    options given that the run does not read (config.unused_options), logged once."""
     path: Path
     new: bool
     preset: str = ""
     supernet: dict | None = None
     rebuilt: dict | None = None
+    run_id: str = ""
+    supernet_run: str | None = None
+    source: Path | None = None
+    changed: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
 
 def resolve(given: dict) -> tuple[Config, Where]:
@@ -60,16 +85,20 @@ def resolve(given: dict) -> tuple[Config, Where]:
     options that define the super-network. Creates nothing."""
     if "resume" in given:
         run_dir = Path(given.pop("resume"))
-        saved, rebuilt = read_config(run_dir)
+        saved, meta = read_config(run_dir)
         extra = set(given) - RESUME_MAY_CHANGE
         if extra:
             raise AutoSNNError(f"--resume takes its options from {run_dir}/config.json; drop "
                                + ", ".join(flag(k) if k in FIELDS else "--" + k.replace("_", "-")
                                            for k in sorted(extra)))
         cfg = Config.from_flat({**saved, **given})
-        check_config(cfg)
-        return cfg, Where(run_dir, False, rebuilt=cfg.to_dict() if rebuilt else None)
-    supernet_ck = None
+        with naming(meta["source"], given):
+            check_config(cfg)
+        changed = {k: (saved[k], v) for k, v in given.items() if saved[k] != v}
+        return cfg, Where(run_dir, False, rebuilt=cfg.to_dict() if meta["rebuilt"] else None, run_id=meta["run_id"],
+                          supernet_run=meta["supernet_run"], source=meta["source"], changed=changed,
+                          notes=unused_options(cfg, given))
+    supernet_ck, typed = None, set(given)
     if given.get("supernet_path") and given.get("stage") in ("search", "retrain"):
         supernet_ck = load_checkpoint(Path(given["supernet_path"]), "supernet")
         saved = flat_config(supernet_ck["config"], given["supernet_path"])
@@ -78,7 +107,8 @@ def resolve(given: dict) -> tuple[Config, Where]:
                 raise AutoSNNError(f"{flag(k)} {given[k]} does not match the super-network checkpoint "
                                    f"{given['supernet_path']} ({k} = {saved[k]})")
             given[k] = saved[k]
-    cfg, preset = make_config(given)
+    with naming(given.get("supernet_path"), typed):
+        cfg, preset = make_config(given)
     r = cfg.run
     if r.stage == "search" and supernet_ck is None:
         raise AutoSNNError("--stage search needs --supernet runs/<name>/supernet.pt")
@@ -90,7 +120,21 @@ def resolve(given: dict) -> tuple[Config, Where]:
     run_dir = check_out(r.out, r.name or f"{r.stage}-{r.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() or run_dir.is_symlink():
         raise AutoSNNError(f"{run_dir} already exists; continue it with --resume {run_dir} or choose --name")
-    return cfg, Where(run_dir, True, preset, supernet_ck)
+    return cfg, Where(run_dir, True, preset, supernet_ck, run_id=new_run_id(),
+                      supernet_run=supernet_ck["run_id"] if supernet_ck is not None else None,
+                      notes=unused_options(cfg, typed))
+
+
+@contextlib.contextmanager
+def naming(source, typed):
+    """A configuration error about an option the user did not type came from the file `source` (a resumed
+    run's config.json, a --supernet checkpoint): the one line names that file."""
+    try:
+        yield
+    except AutoSNNError as e:
+        if source is None or any(flag(k) in str(e) for k in typed if k in FIELDS):
+            raise
+        raise AutoSNNError(f"{source}: {e}") from None
 
 
 def flat_config(sections, where) -> dict:
@@ -113,9 +157,10 @@ def flat_config(sections, where) -> dict:
     return flat
 
 
-def read_config(run_dir: Path) -> tuple[dict, bool]:
-    """The saved configuration of a run folder as a flat dict, and whether it had to come from a
-    checkpoint (config.json missing, damaged or incomplete; every checkpoint holds the config)."""
+def read_config(run_dir: Path) -> tuple[dict, dict]:
+    """The saved configuration of a run folder as a flat dict, and {"run_id", "supernet_run", "source" (the
+    file it came from), "rebuilt" (whether that is a checkpoint: config.json missing, damaged, incomplete
+    or of an older version; every checkpoint holds the config and the run id)}."""
     path = run_dir / "config.json"
     if not run_dir.is_dir():
         raise AutoSNNError(f"{run_dir} is not a run folder (no such folder)")
@@ -128,11 +173,18 @@ def read_config(run_dir: Path) -> tuple[dict, bool]:
             raise AutoSNNError(f"{path} is not valid JSON ({e}); it is damaged") from None
         except OSError as e:
             raise AutoSNNError(f"{path} cannot be read ({e.strerror or e})") from None
-        return flat_config(saved, path), False
+        flat = flat_config(saved, path)
+        if not isinstance(saved.get("run_id"), str):
+            raise AutoSNNError(f"{path} records no run id: {OLDER}")
+        return flat, {"run_id": saved["run_id"], "supernet_run": saved.get("supernet_run"), "source": path,
+                      "rebuilt": False}
     except AutoSNNError:
         for kind, name in CHECKPOINTS.items():
             if (run_dir / name).is_file():
-                return flat_config(load_checkpoint(run_dir / name, kind)["config"], run_dir / name), True
+                ck = load_checkpoint(run_dir / name, kind)
+                return flat_config(ck["config"], run_dir / name), {
+                    "run_id": ck["run_id"], "supernet_run": ck.get("supernet_run"), "source": run_dir / name,
+                    "rebuilt": True}
         raise
 
 
@@ -141,19 +193,31 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     path = Path(path)
     if path.is_dir():
         raise AutoSNNError(f"{path} is a folder; give the {CHECKPOINTS[kind]} inside it")
-    if not path.is_file():
+    if not path.exists():
         raise AutoSNNError(f"checkpoint {path} not found")
+    if not path.is_file():
+        raise AutoSNNError(f"{path} is not a regular file (a device, a pipe?); give the {CHECKPOINTS[kind]} of a run")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:       # truncated, foreign, or pickled objects weights_only refuses
         raise AutoSNNError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(ck, dict) or "config" not in ck:
         raise AutoSNNError(f"{path} is not a checkpoint of this project")
-    if "kind" not in ck:
+    if "kind" not in ck or not isinstance(ck.get("run_id"), str):     # checkpoints without a run id: older
         raise AutoSNNError(f"{path} was {OLDER}")
     if ck["kind"] != kind:
         raise AutoSNNError(f"{path} is a {ck['kind']} checkpoint, not a {kind} one "
                            f"(expected a {CHECKPOINTS[kind]})")
+    missing = sorted(k for k in CHECKPOINT_KEYS[kind] if k not in ck)
+    if missing:
+        raise AutoSNNError(f"{path} lacks {', '.join(missing)}: it is damaged, or was {OLDER}")
+    if "epoch" in ck and not (isinstance(ck["epoch"], int) and ck["epoch"] >= 0):
+        raise AutoSNNError(f"{path} is damaged (epoch {ck['epoch']!r}); delete it to start its stage again")
+    if kind == "search":
+        state = ck["search"]
+        if not isinstance(state, dict) or not {"generation", "history", "rng", "spike_norm"} <= set(state):
+            raise AutoSNNError(f"{path} holds no search state; it is damaged: rerun the search stage")
+        check_search_doc({"history": state["history"]}, path, fix="rerun the search stage")
     return ck
 
 
@@ -162,8 +226,9 @@ def load_state(obj, state: dict, path: Path) -> None:
     try:
         obj.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise AutoSNNError(f"{path} does not fit this run's network ({first})") from None
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise AutoSNNError(f"{path} does not fit this run's network ({first[:160]})") from None
 
 
 def load_supernet(cfg: Config, ck: dict, ds, device, where) -> autosnn.SpikingNetwork:
@@ -212,27 +277,43 @@ class Run:
     """The run folder: log lines (stdout + log.txt), metrics.jsonl, atomic files, one-time warnings,
     and the wall time of each stage. `writes` is False on ranks other than 0: they keep quiet."""
 
-    def __init__(self, path: Path, env: dict | None = None, started: str | None = None, writes: bool = True):
+    def __init__(self, path: Path, env: dict | None = None, started: str | None = None, writes: bool = True,
+                 run_id: str | None = None, supernet_run: str | None = None):
         self.path, self.writes, self.warned, self.wall = Path(path), writes, set(), {}
         self.env, self.started = env or {}, started or now()
         self.printing, self._lock = True, None
+        self.id, self.supernet_run = run_id, supernet_run
+
+    def stamp(self) -> dict:
+        """What every checkpoint of the run records about its identity (plumbing/identity.py)."""
+        return {"run_id": self.id, "supernet_run": self.supernet_run}
 
     @classmethod
     def open(cls, cfg: Config, where: Where, device: torch.device) -> Run:
         """Create the folder with its config.json in one step (new run), or lock and tidy it (resume)."""
         env = environment(device)
-        run = cls(where.path, env, writes=dist.is_main())
+        run = cls(where.path, env, writes=dist.is_main(), run_id=where.run_id, supernet_run=where.supernet_run)
         if not run.writes:
             return run
+        ids = {"run_id": where.run_id, "supernet_run": where.supernet_run}
         if where.new:
-            doc = {**cfg.to_dict(), "preset": where.preset, "environment": env, "started": run.started}
+            doc = {**cfg.to_dict(), **ids, "preset": where.preset, "environment": env, "started": run.started}
             create_folder(where.path, {"config.json": json.dumps(doc, indent=1)})
         run.lock()
         if where.rebuilt is not None:
-            run.write_text(where.path / "config.json", json.dumps({**where.rebuilt, "rebuilt": now()}, indent=1))
-            run.log("config.json was missing, damaged or incomplete: rebuilt from the checkpoints")
+            run.write_text(where.path / "config.json", json.dumps({**where.rebuilt, **ids, "rebuilt": now()},
+                                                                  indent=1))
+            run.log(f"config.json was missing, damaged, incomplete or of an older version: rebuilt from "
+                    f"{where.source.name}")
         elif not where.new:
             run.warn_threads()
+            if where.changed:        # what --resume changed is the run's configuration from now on
+                doc = json.loads((where.path / "config.json").read_text())
+                run.write_text(where.path / "config.json", json.dumps({**doc, **cfg.to_dict()}, indent=1))
+                run.log("resumed with " + ", ".join(f"{flag(k)} {v!r} (was {b!r})" for k, (b, v) in
+                                                    sorted(where.changed.items())) + "; config.json updated")
+        for note in where.notes:
+            run.warn(("unused", note), note)
         remove_stale_temps(where.path)
         return run
 
@@ -305,21 +386,26 @@ class Run:
 
     def cut_metrics(self, stage: str, key: str, upto: int) -> None:
         """Drop rows of `stage` past the checkpoint (row[key] > upto) and any partial line: a kill
-        between a row's append and its checkpoint's save must not leave that row twice."""
+        between a row's append and its checkpoint's save must not leave that row twice. A damaged
+        row (binary garbage, not a JSON object, a count that is no integer) is dropped with a warning."""
         path = self.path / "metrics.jsonl"
         if not self.writes or not path.exists():
             return
         with writing(path):
-            lines = path.read_text().splitlines()
-        keep = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if not (isinstance(row, dict) and row.get("stage") == stage and row.get(key, 0) > upto):
-                keep.append(line)
-        if keep != lines:
+            lines = path.read_bytes().split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        keep, dropped = [], []
+        for i, line in enumerate(lines, 1):
+            row, why = read_metrics_row(line)
+            if why is not None:
+                dropped.append(f"{i} ({why})")
+            elif not (row.get("stage") == stage and row.get(key, 0) > upto):
+                keep.append(line.decode())
+        if dropped:
+            self.warn(("metrics", path), f"{path}: dropped damaged line(s) {', '.join(dropped[:5])}"
+                                         + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""))
+        if len(keep) != len(lines):
             self.write_text(path, "".join(x + "\n" for x in keep))
 
     def write_text(self, path: Path, text: str) -> None:
@@ -354,11 +440,11 @@ class Run:
         """The weights-only model file (autosnn.save_model) that SpikingNetwork.load reads."""
         if self.writes:
             with writing(self.path / name):
-                autosnn.save_model(net, self.path / name)
+                autosnn.save_model(net, self.path / name, run_id=self.id)
 
     def sub(self, name: str) -> Run:
         """A run folder inside this one (the study's variants), sharing warnings and environment."""
-        sub = Run(self.path / name, self.env, self.started, self.writes)
+        sub = Run(self.path / name, self.env, self.started, self.writes, self.id, self.supernet_run)
         if self.writes:
             with writing(sub.path):
                 sub.path.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,18 @@ def plotless(monkeypatch):
     monkeypatch.setattr(train, "plot_run", no_plots)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One uninterrupted tiny run (TINY1, all three stages), shared by the test files: the reference a
+    resumed run must equal, and the files that bad input is tried against. Copy it before changing it."""
+    import train
+    out = tmp_path_factory.mktemp("tiny_run")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train, "plot_run", no_plots)
+        assert train.main(TINY1 + ["--out", str(out), "--name", "ref"]) == 0
+    return out / "ref"
+
+
 def run_cli(out, name, *extra, base=TINY) -> int:
     """train.main on a tiny configuration in out/name; returns the exit code."""
     import train

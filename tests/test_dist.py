@@ -187,6 +187,7 @@ def test_two_ranks_all_stages_rank0_writes_and_search_equals_one_process(tmp_pat
                        "--log-every", "0", "--device", "cpu", "--threads", "1", *SEARCH, "--out", str(tmp_path), "--name", "one"])
     assert code == 0
     two_h, one_h = (json.loads((p / "search.json").read_text()) for p in (run, tmp_path / "one"))
+    assert two_h.pop("run_id") != one_h.pop("run_id")             # two runs; everything else identical
     assert two_h == one_h and len(one_h["history"]) == 10
     assert (run / "best_arch.txt").read_text() == (tmp_path / "one" / "best_arch.txt").read_text()
 

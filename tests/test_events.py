@@ -354,7 +354,8 @@ def test_frames_are_read_ahead_by_a_bounded_thread(tmp_path, monkeypatch):
     split = file_split(tmp_path)
     threads_seen = []
     read = events.read_frames
-    monkeypatch.setattr(events, "read_frames", lambda p: threads_seen.append(threading.current_thread().name) or read(p))
+    monkeypatch.setattr(events, "read_frames",
+                        lambda p, shape=None: threads_seen.append(threading.current_thread().name) or read(p, shape))
     it = split.batches(1)
     x, y = next(it)
     assert x.shape == (1, 2, 2, 128, 128) and x.sum() == 1 and y.tolist() == [0]

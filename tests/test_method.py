@@ -47,8 +47,29 @@ makes it fail (each was applied to the code and seen to fail its test).
                                                        test_cifar_labels_that_are_not_integers_name_the_file
     channels_last convolutions (training no longer   test_conformance.py::test_matches_the_original
       matches the original's numbers)
-    NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse and snnTorch)
-      dropped, max-pool threshold, tau not over dt
+    NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse, snnTorch and
+      dropped, max-pool threshold, tau not over dt     spikingjelly on a PLIF network and on one with exact
+    NIR threshold written as v_th (readers fire at     ties), test_nir.py::test_threshold_is_the_float32_*,
+      v > v_th) or as 1.0 whatever v_th                  test_graph_computes_the_network[*-snn4-ties]
+    NIR max-pool neuron with tau = dt or threshold   test_nir.py::test_max_pool_neuron_is_a_memoryless_*,
+      0.5 (spikingjelly refuses / S = 1 missed)        test_reader_files_use_the_readers_time_step_*
+    BN recalibration replaced by `pass` in          test_bn_recalibration_changes_the_evaluation
+      evaluate_archs
+    random search from generation 2 on uses          test_random_search_draws_fresh_architectures_every_*
+      evolution's operators
+    the no-grad loop written v += x*k - v*k          test_no_grad_loop_rounds_the_membrane_as_the_equation_*
+    non-dominated sort without dominates(j, i)       test_nondominated_sort_when_a_later_point_dominates
+    the memory estimate off by 4x (activations,      test_options.py::test_memory_estimate_is_within_2x_*,
+      parameters or synthetic data)                    test_synthetic_data_estimate_is_within_2x_of_its_peak
+    bench's ratio inverted (original / ours)         test_options.py::test_speedup_is_ours_over_the_reference
+    --seed 2**64-1 accepted (seed + 1 overflows)     test_options.py::test_bad_input_one_line_no_folder
+    bench's CUDA peak reported on a CPU (the test    test_pipeline.py::test_bench_quick_json
+      was true either way)
+    silent_layers not the layers without a spike     test_reliability.py::test_run_folder_contents
+      (the test was true either way)
+    a file of another run resumed; a model.pt of     test_run_files.py (a test fails when any check of
+      another architecture loaded; a damaged row or    plumbing/identity.py, autosnn.check_run_model,
+      record read back; a pick that matches nothing    plumbing/schema.py or the frame cache is removed)
 
 Only public behaviour is used: Neuron(x) and Neuron.step, blocks called as block(x),
 SpikingNetwork's forward and SpikeStats, evolve's Search, and train.main.
@@ -489,3 +510,74 @@ def test_recalibrate_bn_is_cumulative_average():
         assert len(steps) >= 3
         assert torch.allclose(m.running_mean, mean, rtol=1e-4, atol=1e-5)
         assert torch.allclose(m.running_var, var, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_recalibration_changes_the_evaluation():
+    """evaluate_archs with recalib_batches evaluates each architecture as a child whose BN statistics were
+    re-estimated on those batches: the numbers of that child evaluated by hand, and not those of the
+    super-network's own statistics (a recalibration that does nothing gave those, and no test saw it)."""
+    net, x, y = trained_supernet([AUTOSNN])
+    val = [(x, y)]
+    gen = torch.Generator().manual_seed(5)
+    recalib = [(torch.randn(6, 3, 32, 32, generator=gen) * 4 + 1, None) for _ in range(2)]   # other statistics
+    archs = [AUTOSNN, parse_arch("SCB_k3-SRB_k3-SCB_k5-skip_connect-SRB_k5")]
+    with_recalib = evaluation.evaluate_archs(net, archs, lambda: val, lambda: recalib)
+    without = evaluation.evaluate_archs(net, archs, lambda: val)
+    for a, got, plain in zip(archs, with_recalib, without):
+        child = net.child(a)
+        evaluation.recalibrate_bn(child, a, recalib)
+        want = evaluation.evaluate_pool(child, [a], val)[0]
+        assert (got["acc"], got["spikes"], got["neuron_spikes"]) == (want["acc"], want["spikes"], want["neuron_spikes"])
+        assert got["spikes"] != plain["spikes"]                 # the test can tell recalibration from none
+    assert [r["spikes"] for r in without] == [r["spikes"] for r in evaluation.evaluate_archs(net, archs, lambda: val)]
+
+
+def test_random_search_draws_fresh_architectures_every_generation():
+    """RandomSearch's later generations are the next unseen sample_arch draws of its generator, the same
+    generator state as after generation 1: not mutants or crossovers of the fittest (evolution's operators)."""
+    bb = get_backbone("AutoSNN_16")
+    s = make_search(bb, SearchConfig(search_algo="random", iterations=3, pool=6, topk=2, mutations=4, crossovers=2),
+                    1e5, random.Random(4))
+    for _ in range(2):
+        first = s.propose()
+        s.tell(first, [{"acc": 0.1 * (i + 1), "spikes": 1e5, "neuron_spikes": 1e5} for i in range(len(first))])
+        rng, taken, want = random.Random(), s.seen(), []
+        rng.setstate(s.rng.getstate())
+        while len(want) < 6:
+            a = sample_arch(bb, rng)
+            if str(a) not in taken:
+                taken.add(str(a))
+                want.append(a)
+        assert s.propose() == want
+        s.rng.setstate(rng.getstate())      # as if proposed: the next generation continues from here
+
+
+def test_no_grad_loop_rounds_the_membrane_as_the_equation_on_the_threshold():
+    """A membrane that lands exactly on v_th at step 2 under v + (x - v) * k in float32 (it fires: H(0) = 1),
+    and just below it under v + (x*k - v*k): the evaluation loop, the training loop and the neuron layer in
+    both modes fire exactly where the equation's rounding says. Random inputs rarely land within an ulp of
+    v_th, so the bit-for-bit tests against random inputs let `v += x*k - v*k` through."""
+    from neurons import neuron_loop, no_grad_loop
+    k = torch.tensor(0.8666727542877197)                  # float32 values (found by search)
+    x = torch.tensor([0.44758445024490356, 1.0941628217697144, 0.0]).view(3, 1)
+    v1 = x[0] * k                                          # step 1 from v = 0
+    v2 = v1 + (x[1] - v1) * k                              # the equation's rounding
+    assert v2.item() == 1.0 and (v1 + (x[1] * k - v1 * k)).item() < 1.0      # on the edge; `v += x*k - v*k` is off it
+    want = [0.0, 1.0, 0.0]
+    assert no_grad_loop(x.clone(), k, 1.0).view(-1).tolist() == want
+    assert neuron_loop(x.clone(), k, 1.0, 2.0).view(-1).tolist() == want
+    n = Neuron("plif", tau0=2.0)
+    with torch.no_grad():
+        n.w.fill_(torch.logit(k.double()).float().item())
+        assert torch.sigmoid(n.w) == k                    # the layer's leak is this k
+        assert n(x.clone()).view(-1).tolist() == want
+    assert n(x.clone().requires_grad_()).view(-1).tolist() == want
+
+
+def test_nondominated_sort_when_a_later_point_dominates():
+    """Fronts do not depend on the order of the points: a point dominated by a later one is not on the
+    first front (hand-made lists that put dominating points first missed a one-sided comparison)."""
+    from pareto import nondominated_sort
+    assert nondominated_sort([(1, 1), (0, 0)]) == [[1], [0]]
+    assert nondominated_sort([(2, 2), (1, 3), (1, 1), (0, 0)]) == [[3], [2], [0, 1]]
+    assert nondominated_sort([(0, 0), (1, 1)]) == [[0], [1]]

@@ -250,9 +250,9 @@ def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
     d = tmp_path / "run"
     d.mkdir()
     cfg = config.Config.from_flat({"dataset": "synthetic", "backbone": "AutoSNN_16", "T": 2, "n_train": 64})
-    atomic_write_text(d / "config.json", json.dumps(cfg.to_dict()))
+    atomic_write_text(d / "config.json", json.dumps({**cfg.to_dict(), "run_id": "r1"}))
     s = pareto_search(iterations=3, pick="knee")
-    run_search(s, tradeoff_eval, lambda s: write_history(d, s, atomic_write_text), log=lambda m: None)
+    run_search(s, tradeoff_eval, lambda s: write_history(d, s, atomic_write_text, "r1"), log=lambda m: None)
     doc = json.loads((d / "search.json").read_text())
     assert (doc["algorithm"], doc["pick"], doc["objectives"]) == ("pareto", "knee", "acc,spikes")
     want = knee(pareto_front(s.history))

@@ -99,27 +99,6 @@ def test_ann_mode_and_bn_recalibration(tmp_path):
     assert cfg["run"]["T"] == 1 and cfg["search"]["lam"] == 0.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Errors: one line, exit code 2, nothing lost
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("extra, words", [
-    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--backbone", "ResNet"], "unknown backbone"),
-    (["--stage", "train"], "unknown stage"),
-    (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5"], "2 blocks"),
-    (["--stage", "retrain", "--arch", "SRB_k5-SRB_k5-skip-SRB_k3-SRB_k5"], "bad block 'skip'"),
-    (["--stage", "search"], "needs --supernet"),
-    (["--lam", "0.1"], "lambda must be <= 0"),
-    (["--T", "0"], "--T must be"),
-])
-def test_bad_options(tmp_path, capsys, extra, words):
-    assert run_cli(tmp_path, "bad", *extra) == 2
-    err = capsys.readouterr().err.strip()
-    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "bad").exists()
-
-
 def test_presets():
     """--dry-run alone runs on synthetic data; with another dataset it keeps no synthetic-only value and
     mentions no option the user did not type; the baselines shrink with it."""
@@ -146,50 +125,6 @@ def test_help_states_defaults(capsys, monkeypatch):
         with pytest.raises(SystemExit) as e:
             runs.main(argv)
         assert e.value.code == 0
-
-
-def test_unknown_option_rejected(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        run_cli(tmp_path, "x", "--no-such-option", "1")
-    assert e.value.code == 2
-
-
-def test_checkpoint_and_folder_errors(tmp_path, capsys):
-    assert run_cli(tmp_path, "sup", "--stage", "supernet") == 0
-    sup = str(tmp_path / "sup" / "supernet.pt")
-    before = (tmp_path / "sup" / "supernet.pt").read_bytes()
-    cases = [
-        (["--stage", "search", "--supernet", sup, "--backbone", "AutoSNN_8"], "does not match"),
-        (["--stage", "search", "--supernet", sup, "--dataset", "synthetic-dvs"], "does not match"),
-        (["--resume", str(tmp_path)], "not a run folder"),
-        (["--stage", "search", "--supernet", str(tmp_path / "nope.pt")], "not found"),
-    ]
-    for argv, words in cases:
-        assert train.main(argv + ["--out", str(tmp_path), "--name", "e"]) == 2, argv
-        err = capsys.readouterr().err.strip()
-        assert words in err and len(err.splitlines()) == 1
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert train.main(["--stage", "search", "--supernet", str(tmp_path / "junk.pt")]) == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err
-    assert run_cli(tmp_path, "sup") == 2                           # existing folder: refused
-    assert "already exists" in capsys.readouterr().err
-    assert (tmp_path / "sup" / "supernet.pt").read_bytes() == before
-
-
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys):
-    calls = {"n": 0}
-    real = train.loss_fn
-
-    def poisoned(net, out, y):
-        calls["n"] += 1
-        loss = real(net, out, y)
-        return loss * float("nan") if calls["n"] > 3 else loss      # epoch 2 of 3 batches/epoch
-    monkeypatch.setattr(train, "loss_fn", poisoned)
-    assert run_cli(tmp_path, "nan", "--stage", "supernet") == 2
-    err = capsys.readouterr().err
-    assert "became nan in epoch 2" in err and "last good checkpoint" in err
-    ck = torch.load(tmp_path / "nan" / "supernet.pt", weights_only=False)
-    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 def test_rerank_cli(tmp_path, capsys):
@@ -226,12 +161,14 @@ def test_bench_quick_json(capsys):
         for key in ("train_img_s", "eval_img_s", "train_ratio", "eval_ratio"):
             assert r[key] > 0, (name, key)
         assert r["stepwise"]["train_img_s"] > 0 and r["stepwise"]["eval_img_s"] > 0
-        assert r["train_peak_mib"] is None or r["train_peak_mib"] > 0
+        # CUDA's max allocated on a GPU; on a CPU none (the process peak RSS stands for it)
+        assert r["train_peak_mib"] > 0 if res["config"]["device"].startswith("cuda") else r["train_peak_mib"] is None
     s = res["search"]
     assert s["pool"] == 4 and s["archs_per_min"] > 0 and s["ratio"] == pytest.approx(
         s["archs_per_min"] / s["stepwise_archs_per_min"])
     assert [r["T"] for r in res["scale_T"]] == [2, 3] and [r["batch"] for r in res["scale_batch"]] == [2, 4]
     assert res["config"]["backbone"] == "AutoSNN_4" and res["config"]["T"] == 2
+    assert res["process_peak_rss_mib"] > 0
 
 
 # ---------------------------------------------------------------------------------------------

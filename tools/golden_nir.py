@@ -1,31 +1,32 @@
-"""Make the NIR golden numbers of test_nir.py with independent NIR readers (Norse, snnTorch).
+"""Make the NIR golden numbers of tests/test_nir.py with independent NIR readers (Norse, snnTorch,
+spikingjelly).
 
-The readers are never dependencies of the project: this script runs once, in a scratch environment
-that reuses the system torch, and its output (numbers only) is stored in tests/data/nir/:
+The readers are never dependencies of the project: this script runs in a scratch environment that
+reuses the system torch, and its output (numbers only) is stored in tests/data/nir/:
 
     python3 -m venv --system-site-packages /tmp/nirvenv
-    /tmp/nirvenv/bin/pip install nir nirtorch norse snntorch
-    /tmp/nirvenv/bin/pip uninstall -y torch torchvision triton   # norse pulls a second torch: use the system one
-    /tmp/nirvenv/bin/python tools/golden_nir.py train    # tests/data/nir/model.pt, inputs.npz (a small trained net)
-    /tmp/nirvenv/bin/python tools/golden_nir.py golden   # tests/data/nir/golden.npz (the readers' spikes and scores)
+    /tmp/nirvenv/bin/pip install --no-deps nir==1.0.8 nirtorch==2.6 norse==1.1.0 snntorch==1.0.0 \\
+        spikingjelly==2.0.0 loguru        # --no-deps: the system torch, not a second one
+    /tmp/nirvenv/bin/python tools/golden_nir.py train    # tests/data/nir/model.pt, inputs.npz (PLIF, max-pools)
+    /tmp/nirvenv/bin/python tools/golden_nir.py ties     # tests/data/nir/ties.pt (LIF leak 0.5, v_th 0.5)
+    /tmp/nirvenv/bin/python tools/golden_nir.py golden   # tests/data/nir/golden.npz (the readers' spikes, scores)
 
 `train`: an AutoSNN_4 child network (SRB with identity and with 1x1-conv shortcut, skip_connect,
 SCB, three max-pools; PLIF; T = 4), 4 classes of the synthetic gratings (data.synthetic_images),
 trained for a few epochs on the CPU; 16 fixed test images (4 per class) stored as uint8 pixels.
-`golden`: the network exported with export.nir.to_nir, written to and read back from a .nir file,
-then run one image and one time step at a time by
-  - Norse 1.1: its NIR node mapping (norse.torch.utils.import_nir, LIFBoxCell etc.) executed by
-    nirtorch.nir_to_torch (graph at dt = 1, Norse at dt = 1). Not norse.torch.from_nir itself: that
-    goes through the deprecated nirtorch.load, whose depth-first execution order runs a residual
-    join (an SRB's last neuron) before one of its branches, so it adds that branch's previous-step
-    output (and it returns the second-to-last node when the Output node has no module);
-  - snnTorch 1.0: snntorch.import_nir.import_from_nir (its own nirtorch.nir_to_torch path); it
-    fixes dt = 1e-4 and reads neither SumPool2d nor AvgPool2d for Norse's sake, so it gets the graph
-    exported at dt = 1e-4 with pooling='conv' (2x2 stride-2 convs, channel-diagonal weights 1, before the threshold).
-Stored per reader: every neuron node's output spikes [T, B, ...] (bit-packed), class scores [B, K].
+`ties`: an SNN_4_4 child (avg-pool + neuron down-sampling) with LIF neurons of leak 1/tau0 = 0.5 and
+v_th = 0.5, trained the same way: binary leaks and spike inputs put many membranes exactly on the
+threshold (the case where firing at v > v_th and at v >= v_th differ).
+`golden`: each network exported with export.nir.to_nir(net, reader=R) for every reader R of
+export.nir.READERS (its dt and threshold), written to and read back from a .nir file, loaded by
+evaluating READERS[R].load (the call docs/nir.md gives) and run one image and one time step at a time.
+Stored per network and reader: every neuron node's output spikes [T, B, ...] (bit-packed) and the
+class scores [B, K]; the provenance entry holds the versions and predictions.
 """
 import argparse
-import functools
+import contextlib
+import importlib
+import importlib.metadata as md
 import io
 import json
 import sys
@@ -34,17 +35,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autosnn import SpikingNetwork, load_model, rate_loss, save_model  # noqa: E402
 from data import NORMALISATION, synthetic_images  # noqa: E402
-from export.nir import to_nir  # noqa: E402
-
+from export.nir import READERS, to_nir  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "nir"
-ARCH, BACKBONE, CLASSES, T = "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3", "AutoSNN_4", 4, 4
+CLASSES, T = 4, 4
+NETWORKS = {   # file: (backbone, architecture, neuron options)
+    "model.pt": ("AutoSNN_4", "SRB_k3-SRB_k3-skip_connect-SCB_k3-SRB_k3", {}),
+    "ties.pt": ("SNN_4_4", "SCB_k3-SRB_k3-skip_connect-SRB_k3-SCB_k3", {"neuron": "lif", "tau0": 2.0, "v_th": 0.5}),
+}
+# what each reader's loaded module is made of: the modules whose outputs are a neuron node's spikes,
+# and the submodules READERS[r].load names
+NEURON_MODULES = {"norse": ("LIFBoxCell", "IAFCell"), "snntorch": ("Leaky",), "spikingjelly": ("_NIRStatefulModule",)}
+IMPORTS = {"norse": ("functools", "nir", "nirtorch", "norse.torch.utils.import_nir"),
+           "snntorch": ("snntorch.import_nir",), "spikingjelly": ("spikingjelly.activation_based.nir_exchange",)}
 
 
 def normalise(images: np.ndarray) -> torch.Tensor:
@@ -59,10 +67,11 @@ def four_classes(n, seed):
     return x[keep], y[keep]
 
 
-def train(epochs=6, seed=0):
+def train(file: str, epochs=6, seed=0):
+    backbone, arch, options = NETWORKS[file]
     torch.manual_seed(seed)
     x, y = four_classes(1000, seed=11)
-    net = SpikingNetwork(BACKBONE, CLASSES, arch=ARCH, T=T)
+    net = SpikingNetwork(backbone, CLASSES, arch=arch, T=T, **options)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
@@ -84,74 +93,73 @@ def train(epochs=6, seed=0):
     print(f"test acc {(out.argmax(1).numpy() == yt).mean():.3f}, firing rates",
           {k: round(v, 3) for k, v in stats.summary()["firing_rate"].items()})
     OUT.mkdir(parents=True, exist_ok=True)
-    save_model(net, OUT / "model.pt")
-    np.savez_compressed(OUT / "inputs.npz", images=xt, labels=yt)
+    save_model(net, OUT / file)
+    if file == "model.pt":
+        np.savez_compressed(OUT / "inputs.npz", images=xt, labels=yt)
 
 
-def norse_module(graph):
-    import nir
-    import nirtorch
-    from norse.torch.utils.import_nir import _import_norse_module
-    f = functools.partial(_import_norse_module, dt=float(graph.metadata["dt"]))
-    kinds = (nir.LIF, nir.IF, nir.Conv2d, nir.SumPool2d, nir.Affine, nir.Linear, nir.Flatten)
-    return nirtorch.nir_to_torch(graph, {k: f for k in kinds}), ("LIFBoxCell", "IAFCell")
+def load_reader(reader: str, graph):
+    """The reader's module for `graph`, made by evaluating READERS[reader].load."""
+    names = {"graph": graph}
+    for module in IMPORTS[reader]:
+        importlib.import_module(module)
+        names[module.split(".")[0]] = sys.modules[module.split(".")[0]]
+    with contextlib.redirect_stdout(io.StringIO()):      # snnTorch prints every threshold it rescales
+        return eval(READERS[reader].load, names)
 
 
-def snntorch_module(graph):
-    from snntorch.import_nir import import_from_nir
-    return import_from_nir(graph), ("Leaky",)
-
-
-def run_reader(make, graph, images: torch.Tensor):
-    """One image at a time (no batch dimension: NIR shapes have none), T steps each.
-    Returns (scores [B, K], {node name: spikes [T, B, ...] float32})."""
+def run_reader(reader: str, graph, images: torch.Tensor):
+    """One image at a time, T steps each (Norse and snnTorch take NIR's unbatched shapes,
+    spikingjelly a batch of one). Returns (scores [B, K], {node name: spikes [T, B, ...] float32})."""
     names = {n.replace(".", "_"): n for n in graph.nodes}
     scores, spikes = [], {}
     for b in range(images.shape[0]):
-        module, neuron_types = make(graph)            # a fresh module: no state carried between images
+        module = load_reader(reader, graph)     # a fresh module: no state carried between images
         rec = {}
         for n, m in module.named_modules():
-            if type(m).__name__ in neuron_types:
+            if type(m).__name__ in NEURON_MODULES[reader]:
                 m.register_forward_hook(lambda m, i, o, n=n: rec.setdefault(n, []).append(
-                    (o[0] if isinstance(o, tuple) else o).detach().clone()))
+                    (o[0] if isinstance(o, tuple) else o).detach().clone().reshape(-1)))
+        x = images[b:b + 1] if reader == "spikingjelly" else images[b]
         state, total = None, 0
         with torch.no_grad():
             for _ in range(T):
-                if neuron_types == ("Leaky",):
-                    out = module(images[b])
-                    out = out[0] if isinstance(out, tuple) else out
+                if reader == "snntorch":            # its neurons keep their own state (init_hidden)
+                    out = module(x)
                 else:
-                    out, state = module(images[b], state) if state is not None else module(images[b])
-                total = total + out
+                    out, state = module(x, state) if state is not None else module(x)
+                out = out[0] if isinstance(out, tuple) else out
+                total = total + out.reshape(-1)
         scores.append(total)
         for n, v in rec.items():
-            spikes.setdefault(names[n], []).append(torch.stack(v))
+            spikes.setdefault(names[n.removeprefix("module.")], []).append(torch.stack(v))
     return torch.stack(scores), {k: torch.stack(v, 1) for k, v in spikes.items()}
 
 
 def golden():
-    import importlib.metadata as md
-
     import nir
-    net = load_model(OUT / "model.pt")
     data = np.load(OUT / "inputs.npz")
     x = normalise(data["images"])
-    arrays, provenance = {}, {"versions": {p: md.version(p) for p in ("nir", "nirtorch", "norse", "snntorch")}}
-    provenance["versions"]["torch"] = torch.__version__
-    for reader, make, dt, pooling in (("norse", norse_module, 1.0, "sum"), ("snntorch", snntorch_module, 1e-4, "conv")):
-        buf = io.BytesIO()
-        nir.write(buf, to_nir(net, dt=dt, pooling=pooling))
-        buf.seek(0)
-        graph = nir.read(buf)
-        scores, spikes = run_reader(make, graph, x)
-        arrays[f"{reader}/scores"] = scores.numpy().astype(np.float32)
-        for name, s in spikes.items():
-            assert set(np.unique(s.numpy())) <= {0.0, 1.0}, (reader, name)
-            arrays[f"{reader}/spikes/{name}"] = np.packbits(s.numpy().astype(bool).ravel())
-            arrays[f"{reader}/shape/{name}"] = np.array(s.shape)
-        provenance[reader] = {"dt": dt, "pooling": pooling, "predictions": scores.argmax(1).tolist(),
-                              "spikes_per_layer": {k: int(v.sum()) for k, v in spikes.items()}}
-        print(reader, provenance[reader])
+    arrays, provenance = {}, {"versions": {p: md.version(p) for p in
+                                           ("nir", "nirtorch", "norse", "snntorch", "spikingjelly", "torch")}}
+    for file in NETWORKS:
+        net = load_model(OUT / file)
+        for reader in READERS:
+            buf = io.BytesIO()
+            nir.write(buf, to_nir(net, reader=reader))
+            buf.seek(0)
+            graph = nir.read(buf)
+            scores, spikes = run_reader(reader, graph, x)
+            key = f"{file}/{reader}"
+            arrays[f"{key}/scores"] = scores.numpy().astype(np.float32)
+            for name, s in spikes.items():
+                shape = (s.shape[0], s.shape[1], *graph.nodes[name].output_type["output"])
+                assert set(np.unique(s.numpy())) <= {0.0, 1.0}, (key, name)
+                arrays[f"{key}/spikes/{name}"] = np.packbits(s.numpy().astype(bool).ravel())
+                arrays[f"{key}/shape/{name}"] = np.array(shape)
+            provenance[key] = {"dt": float(graph.metadata["dt"]), "predictions": scores.argmax(1).tolist(),
+                               "spikes_per_layer": {k: int(v.sum()) for k, v in spikes.items()}}
+            print(key, provenance[key]["predictions"], sum(provenance[key]["spikes_per_layer"].values()), "spikes")
     arrays["provenance"] = np.array(json.dumps(provenance))
     np.savez_compressed(OUT / "golden.npz", **arrays)
     print(f"wrote {OUT / 'golden.npz'} ({(OUT / 'golden.npz').stat().st_size} bytes)")
@@ -159,6 +167,6 @@ def golden():
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "golden"])
+    p.add_argument("what", choices=["train", "ties", "golden"])
     a = p.parse_args()
-    train() if a.what == "train" else golden()
+    {"train": lambda: train("model.pt"), "ties": lambda: train("ties.pt"), "golden": golden}[a.what]()
