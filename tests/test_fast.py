@@ -3,6 +3,7 @@ loops, per-step BatchNorm written into one output, the CUDA graphs' fallback, an
 exists) CUDA graphs and the compiled loops on CUDA. (Counting: test_spikes.py.)
 """
 import copy
+import json
 
 import pytest
 import torch
@@ -210,6 +211,40 @@ def test_step_layers_network_equals_plain_after_adam_steps(backbone, arch, shape
     plain.eval(), fast.eval()
     with torch.no_grad():
         assert torch.equal(plain(x)[0], fast(x)[0])
+
+
+def _conformance_cases():
+    from benchmarks.conformance import DATA
+    return json.loads(DATA.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _conformance_cases()["cases"])
+def test_step_layers_match_the_original(name):
+    """The conformance cases (tests/test_conformance.py) with every BN layer and convolution in its
+    fast per-step form, as train.py runs them: the original's numbers within the conformance
+    tolerances anywhere, bit for bit where the goldens were made (training before and after an
+    Adam step, BN recalibration with momentum None, eval)."""
+    from benchmarks.conformance import build, differences, machine, run_passes, threads
+    from fast.steps import use_step_layers
+    golden = _conformance_cases()
+    case = golden["cases"][name]
+    spec = case["case"]
+    with threads(golden["made_with"]["threads"]):
+        net, x, labels, calibration = build(spec)
+        assert use_step_layers(net) > 10
+        arch = spec["arch"] if spec["supernet"] else None
+        keep = net.path_state_dict(spec["arch"])
+
+        def forward(x):
+            out, stats = net(x, arch=arch)
+            return out, dict(zip(stats.names, stats.counts.tolist()))
+        params = {n: p for n, p in net.named_parameters() if n in keep}
+        bns = {n: m for n, m in net.named_modules()
+               if isinstance(m, torch.nn.BatchNorm2d) and f"{n}.running_mean" in keep}
+        ours = run_passes(net, forward, params, bns, x, labels, calibration)
+    exact = machine() == {k: golden["made_with"][k] for k in machine()}
+    assert differences(ours, case["golden"], exact=exact) == []
 
 
 # ---------------------------------------------------------------------------------------------
