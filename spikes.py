@@ -8,7 +8,7 @@ linear layers count synaptic operations when energy is asked for. Needs only tor
 copies out alone.
 """
 import functools
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +79,7 @@ class Trace:
             return self.last[1]
         shape = x.shape[-2:] if x.dim() >= 4 else x.shape[-1:]
         rows = x.detach().reshape(-1, shape.numel())
-        with torch.autocast(rows.device.type, enabled=False):     # a bf16 product would round the sums
+        with _no_autocast(rows.device.type):                        # a bf16 product would round the sums
             sums = [torch.ones(1, len(part), dtype=rows.dtype, device=rows.device) @ part
                     for part in rows.split(2**24)]
         out = sum(s.double() for s in sums).view(shape)
@@ -111,6 +111,15 @@ class Trace:
                     else self.totals(x).sum() * module.out_features)
         self.sops[name] = self.sops[name] + sops if name in self.sops else sops
         self.macs[name], self.analog[name] = macs, analog
+
+
+def _no_autocast(device_type: str):
+    """Autocast off while the block runs, where it is on (a context that does nothing elsewhere,
+    e.g. on the meta device, where autocast does not exist)."""
+    available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))
+    if available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 class Recorder:

@@ -63,6 +63,18 @@ def test_large_counts_are_exact():
     assert tr.counts["neuron"].item() == 33_570_818
 
 
+def test_counts_exact_under_bf16_autocast():
+    """Per-position totals above 256 (the largest run of whole numbers bf16 holds): the count is
+    still exact under bf16 autocast, which must not reach the counting's matrix product."""
+    spikes = (torch.rand(2, 4, 64, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.9).float()
+    tr = Trace()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tr.record("neuron", spikes, "neuron")
+    per_position = spikes.sum((0, 1, 2))                   # ~460: odd ones are not bf16 numbers
+    assert (per_position > 256).all() and (per_position % 2 == 1).any()
+    assert tr.counts["neuron"].item() == spikes.sum().item()
+
+
 def test_ann_mode():
     seeded(9)
     net = SpikingNetwork("SNN_1_4", num_classes=5, arch=AUTOSNN, T=1, neuron="ann")
