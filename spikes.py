@@ -114,12 +114,10 @@ class Trace:
 
 
 def _no_autocast(device_type: str):
-    """Autocast off while the block runs, where it is on (a context that does nothing elsewhere,
-    e.g. on the meta device, where autocast does not exist)."""
+    """Autocast off while the block runs (a context that does nothing where autocast does not
+    exist, e.g. on the meta device)."""
     available = getattr(torch.amp, "is_autocast_available", lambda d: d in ("cpu", "cuda"))
-    if available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
+    return torch.autocast(device_type, enabled=False) if available(device_type) else nullcontext()
 
 
 class Recorder:

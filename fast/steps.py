@@ -96,6 +96,13 @@ class StepConv(torch.autograd.Function):
         return gx, gw, None
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:                  # torch < 2.4 names it otherwise
+        return torch.is_autocast_cpu_enabled()
+
+
 def _covered(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32
 
@@ -113,7 +120,7 @@ def step_conv(conv: Conv, x: torch.Tensor) -> torch.Tensor:
     """layers.Conv's forward with over_time's results, through StepConv where autograd is to compute
     the weight's gradient; otherwise (or where not covered) the plain form. x: [T, B, Cin, H, W]."""
     if not (torch.is_grad_enabled() and conv.weight.requires_grad and _covered(x) and conv.bias is None
-            and not torch.is_autocast_enabled(x.device.type)):
+            and not _cpu_autocast()):
         return conv.plain(x)
     return StepConv.apply(x, conv.weight, conv)
 
