@@ -31,7 +31,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from files import AutoSNNError, atomic_write, python
-from layers import AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block
+from layers import (AvgPoolNeuron, Choice, Conv, ConvBN, GlobalPoolNeuron, MaxPool, TimeBatchNorm, make_block,
+                    over_time)
 from neurons import CompiledLoops, Neuron, neuron_factory, one_step_per_call
 from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch, resolve_arch
 from spikes import SpikeStats, Trace, recording
@@ -73,8 +74,14 @@ class Stem(nn.Module):
         with recording(trace, self, "stem"):
             if self.kind.startswith("event"):
                 return self.bn(self.conv(x.transpose(0, 1)))
-            current = self.bn(self.conv(x.unsqueeze(0)))            # once per image: [1, B, C, H, W]
-            return current.expand(T, -1, -1, -1, -1)                 # the same current at every step
+            current = self.bn(self.conv(x.unsqueeze(0)))[0]         # once per image: [B, C, H, W]
+            if not current.requires_grad:
+                return current.expand(T, -1, -1, -1, -1)             # the same current at every step
+            # The same, built so that its gradient adds the T steps' gradients from the last step
+            # to the first, as autograd does in the original (one tensor fed to T one-step calls):
+            # stack adds its slices' gradients in slice order, hence the flip; expand's backward
+            # adds them in another order.
+            return torch.stack([current] * T).flip(0)
 
     def forward(self, current, trace=None):
         with recording(trace, self, "stem"):
@@ -206,7 +213,7 @@ class SpikingNetwork(nn.Module):
                     watch.enter_context(recording(trace, getattr(self, name), name))
             if self.gap is not None:
                 x = self.gap(x)
-            y = self.fc(x.flatten(2))                                     # [T, B, K * population]
+            y = over_time(self.fc, x.flatten(2), self.fc.weight)          # [T, B, K * population]
             if self.fc_neuron is None:
                 return y
             return population_rates(self.fc_neuron(y), self.num_classes)
@@ -224,7 +231,7 @@ class SpikingNetwork(nn.Module):
         arch = self._path(arch)
         self.check_input(x)
         trace = Trace(counting=self.neuron != "ann", energy=energy)
-        out = self.body(self.stem.encode(x, self.T, trace), arch, trace).sum(0)
+        out = sum_over_steps(self.body(self.stem.encode(x, self.T, trace), arch, trace))
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
 
     def forward_stepwise(self, x: torch.Tensor, arch=None, energy: bool = False):
@@ -275,6 +282,16 @@ def population_rates(s: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The classifier's output: spikes s [T, B, K * POPULATION] -> class rates [T, B, K], the mean
     over each class's group of POPULATION neurons (the "boost" average, sec. 3.3)."""
     return s.unflatten(2, (num_classes, POPULATION)).mean(3)
+
+
+def sum_over_steps(rates: torch.Tensor) -> torch.Tensor:
+    """Class rates [T, B, K] -> out [B, K], added in step order, rates[0] + rates[1] + ..., as the
+    original adds every step to its counter; rates.sum(0) adds them in another order, and its last
+    bit can differ (then the loss and its gradients do too)."""
+    out = rates[0]
+    for r in rates[1:]:
+        out = out + r
+    return out
 
 
 def rate_loss(out: torch.Tensor, labels: torch.Tensor, T: int) -> torch.Tensor:

@@ -22,9 +22,10 @@ baselines, which ran T-1 time steps, all T steps run.
 import torch
 import torch.nn as nn
 
-from autosnn import POPULATION, Stem, check_input, load_weights, population_rates, read_model_file
+from autosnn import (POPULATION, Stem, check_input, load_weights, population_rates, read_model_file,
+                     sum_over_steps)
 from files import AutoSNNError
-from layers import SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool
+from layers import SRB, AvgPoolNeuron, ConvBN, GlobalPoolNeuron, MaxPool, over_time
 from neurons import neuron_factory
 from spikes import SpikeStats, Trace, recording
 
@@ -123,8 +124,8 @@ class HandcraftedSNN(nn.Module):
                 h = layer(h)
             h = h.flatten(2)
             for fc, n in zip(self.fcs, self.fc_neurons):
-                h = n(fc(h))
-        out = population_rates(h, self.num_classes).sum(0)
+                h = n(over_time(fc, h, fc.weight))
+        out = sum_over_steps(population_rates(h, self.num_classes))
         return out, SpikeStats.from_trace(trace, x.shape[0], self.T, x.device)
 
 

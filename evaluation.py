@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from autosnn import SpikingNetwork, predict
+from autosnn import SpikingNetwork, predict, sum_over_steps
 from layers import TimeBatchNorm
 from search_space import parse_arch
 from spikes import SpikeStats, Trace
@@ -35,7 +35,7 @@ def evaluate_pool(net: SpikingNetwork, archs: list, batches, energy: bool = True
 
         def descend(depth, h, trace, members):
             if depth == len(layouts[0]):
-                out = net.head(h, trace).sum(0)
+                out = sum_over_steps(net.head(h, trace))
                 hit = (predict(out) == y).sum()
                 s = SpikeStats.from_trace(trace, x.shape[0], net.T, x.device)
                 for i in members:

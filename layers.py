@@ -1,7 +1,7 @@
 """AutoSNN's layers and candidate blocks (paper sec. 3.2, Fig. 2): plain modules, forward(x) with
-x: [T, B, C, H, W]. Stateless layers (conv, pooling) fold T into the batch; BatchNorm keeps the
-original's per-step statistics in training; every neuron is a neurons.Neuron made by the factory
-passed in. Spikes and synaptic operations are counted by the network (spikes.Trace), not here.
+x: [T, B, C, H, W]. Pooling folds T into the batch, and so do convolutions except under autograd,
+where they run once per time step as the original does (`over_time`); BatchNorm keeps the original's
+per-step statistics in training; every neuron is a neurons.Neuron made by the factory passed in. Spikes and synaptic operations are counted by the network (spikes.Trace), not here.
 
     SCB:  x -> conv-BN -> neuron -> conv-BN -> neuron
     SRB:  x -> conv-BN -> neuron -> conv-BN (+ x, or its 1x1 conv-BN when the shape changes) -> neuron
@@ -20,8 +20,21 @@ def fold(layer, x):
     return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
+def over_time(layer, x, weight):
+    """Apply a per-image layer with a trainable `weight` to x: [T, B, ...] -> [T, B, ...].
+
+    Folded into one call over T*B images, except when autograd is to compute `weight`'s gradient:
+    then one call per step, as in the original, which runs the whole network one step at a time.
+    The gradient is then the original's sum of T per-step gradients, added in the same order, bit
+    for bit; one call over T*B images adds the same terms in another order. Adam's first step moves
+    a weight by about lr * sign(g), so a tiny g rounded to the other sign would move it by 2 * lr."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return torch.stack([layer(x_t) for x_t in x])
+    return fold(layer, x)
+
+
 class Conv(nn.Conv2d):
-    """nn.Conv2d (no bias, 'same' padding) on [T, B, C, H, W], time folded into the batch.
+    """nn.Conv2d (no bias, 'same' padding) on [T, B, C, H, W], over time by `over_time`.
 
     Plain NCHW, as the original: channels_last makes oneDNN pick other kernels whose rounding flips
     spikes of membranes that sit at the threshold (training stopped matching the original)."""
@@ -31,7 +44,7 @@ class Conv(nn.Conv2d):
         self.analog = analog      # its input is an image, not spikes (energy: MACs, not accumulates)
 
     def forward(self, x):
-        return fold(super().forward, x)
+        return over_time(super().forward, x, self.weight)
 
 
 class TimeBatchNorm(nn.BatchNorm2d):

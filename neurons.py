@@ -68,12 +68,15 @@ def neuron_step(x, v, k, v_th, alpha):
     return s, v * (1 - s.detach())
 
 
-def neuron_loop(x, k, v_th, alpha):
-    """neuron_step for t = 0 .. T-1 from v = 0. x: [T, B, ...] input current -> spikes [T, B, ...]."""
+def neuron_loop(x, leak, v_th, alpha):
+    """neuron_step for t = 0 .. T-1 from v = 0. x: [T, B, ...] input current -> spikes [T, B, ...].
+    leak: () -> k, called at every step as in the original: PLIF's w then gets the original's
+    gradient, a sum of T per-step terms in its order (one k for all steps would sum them before
+    sigmoid's derivative, and round differently once w is off 0)."""
     v = torch.zeros_like(x[0])
     spikes = []
     for x_t in x:
-        s, v = neuron_step(x_t, v, k, v_th, alpha)
+        s, v = neuron_step(x_t, v, leak(), v_th, alpha)
         spikes.append(s)
     return torch.stack(spikes)
 
@@ -105,10 +108,10 @@ class CompiledLoops:
         self.v_th, self.alpha = v_th, alpha
 
         def train_loop(x, k):
-            return neuron_loop(x, k, v_th, alpha)
+            return neuron_loop(x, lambda: k, v_th, alpha)
 
         def eval_loop(x, k):
-            return neuron_loop(x, k, v_th, alpha)
+            return neuron_loop(x, lambda: k, v_th, alpha)
 
         self.train, self.eval = torch.compile(train_loop), torch.compile(eval_loop)
         self.compile_s = 0.0       # seconds spent in the calls that compiled a new graph
@@ -173,7 +176,7 @@ class Neuron(nn.Module):
             return no_grad_loop(x, self.leak(), self.v_th)
         # Keep only x (and k) for backward and run the loop again there: the loop's intermediates
         # (x - v, v - V_th, 1 - s at every step) would otherwise triple the neuron's memory.
-        return torch.utils.checkpoint.checkpoint(neuron_loop, x, self.leak(), self.v_th, self.alpha,
+        return torch.utils.checkpoint.checkpoint(neuron_loop, x, self.leak, self.v_th, self.alpha,
                                                  use_reentrant=False, preserve_rng_state=False)
 
     def extra_repr(self):
