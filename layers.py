@@ -1,7 +1,8 @@
 """AutoSNN's layers and candidate blocks (paper sec. 3.2, Fig. 2): plain modules, forward(x) with
 x: [T, B, C, H, W]. Pooling folds T into the batch, and so do convolutions except under autograd,
 where they run once per time step as the original does (`over_time`); BatchNorm keeps the original's
-per-step statistics in training; every neuron is a neurons.Neuron made by the factory passed in. Spikes and synaptic operations are counted by the network (spikes.Trace), not here.
+per-step statistics in training; every neuron is a neurons.Neuron made by the factory passed in.
+Spikes and synaptic operations are counted by the network (spikes.Trace), not here.
 
     SCB:  x -> conv-BN -> neuron -> conv-BN -> neuron
     SRB:  x -> conv-BN -> neuron -> conv-BN (+ x, or its 1x1 conv-BN when the shape changes) -> neuron

@@ -174,7 +174,7 @@ class Neuron(nn.Module):
             return self.loops(x, self.leak())
         if not torch.is_grad_enabled():
             return no_grad_loop(x, self.leak(), self.v_th)
-        # Keep only x (and k) for backward and run the loop again there: the loop's intermediates
+        # Keep only x (and w) for backward and run the loop again there: the loop's intermediates
         # (x - v, v - V_th, 1 - s at every step) would otherwise triple the neuron's memory.
         return torch.utils.checkpoint.checkpoint(neuron_loop, x, self.leak, self.v_th, self.alpha,
                                                  use_reentrant=False, preserve_rng_state=False)

@@ -1,34 +1,66 @@
-"""Golden numbers for test_conformance.py, from the ORIGINAL AutoSNN network code.
+"""Golden numbers for tests/test_conformance.py, from the ORIGINAL AutoSNN network code.
 
-For every case in test_conformance.CASES: build our network and batch with the test's own seeded
-`build`, copy those weights by name into the original's network (nabk89/AutoSNN, commit 53b4818;
-its retrain/childnet.py or train_supernet/supernet.py), run the test's `run_passes` on the original
-(one Adam step between two training passes, then eval), and print GOLDEN as a Python literal to
-paste into the test. Our own network is run too and its differences from the original go to stderr
-(the measured gaps behind the test's tolerances); nothing is written to disk.
+For every case in CASES: build our network and batches with benchmarks.conformance.build (seeded),
+copy those weights by name into the original's network (nabk89/AutoSNN, commit 53b4818; its
+retrain/childnet.py or train_supernet/supernet.py), run benchmarks.conformance.run_passes on the
+original (two training passes with one Adam step between them, BN calibration where the case asks
+for it, an eval pass), and write the cases and the original's numbers to tests/data/conformance.json.
+Our own network is measured too; how far it is from the original goes to stderr. From the project root:
 
     pip install --no-deps --target ~/.cache/autosnn-peer-site spikingjelly==0.0.0.0.2
     PYTHONPATH=~/.cache/autosnn-peer-site python3 tools/golden_original.py --original ../shared/peer/original
 
 Needs spikingjelly 0.0.0.0.2 (the original's neuron API), installed apart so that the project's
-environment does not change. Options: --threads N (default 2), --case NAME (repeatable).
+environment does not change. Options: --threads N (default 2; the test runs at the count recorded),
+--case NAME (repeatable: measure only these, keep the others' numbers), --check (compare only, write
+nothing). To add a case, add it to CASES and run with --case NAME.
 """
 import argparse
+import json
 import re
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))      # the project root
 
-import test_conformance as tc  # noqa: E402
-
+from benchmarks.conformance import (DATA, build, differences, machine, measure_ours,  # noqa: E402
+                                    run_passes, threads)
+from files import atomic_write_text  # noqa: E402
 from layers import MaxPool  # noqa: E402
 from search_space import CANDIDATES, get_backbone  # noqa: E402
+
+ORIGINAL = "nabk89/AutoSNN, commit 53b4818"
+SPIKINGJELLY = "0.0.0.0.2"
+
+
+def case(backbone, arch, supernet=False, input_shape=(3, 32, 32), v_th=1.0, seed=17, gain=6.0, calibrate=0):
+    """A case as stored in the data file (see benchmarks.conformance)."""
+    return {"backbone": backbone, "arch": arch, "supernet": supernet, "input_shape": list(input_shape),
+            "v_th": v_th, "seed": seed, "gain": gain, "calibrate": calibrate}
+
+
+CASES = {
+    # an AutoSNN_16 child: SRBs with identity and 1x1-conv shortcuts, an identity skip_connect
+    "child_autosnn16": case("AutoSNN_16", "SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5"),
+    # a path of our super-network (every candidate built, arch=... at forward), 1x1-conv skip_connect
+    "supernet_path": case("AutoSNN_16", "SCB_k3-skip_connect-skip_connect-SCB_k5-SRB_k3", supernet=True),
+    # SNN_3: searched stride-2 positions (factorized-reduce skips, SRB 1x1 shortcuts)
+    "child_snn3": case("SNN_3", "SRB_k3-skip_connect-SCB_k3-SRB_k5-SRB_k3-skip_connect-SCB_k5-skip_connect"),
+    # the 2x128x128 DVS stem (per-step stem conv and BN)
+    "child_dvs128": case("AutoSNN_16", "SCB_k3-SRB_k3-skip_connect-SRB_k5-SCB_k5", input_shape=(2, 128, 128)),
+    # Three cases whose spikes or losses after the Adam step parted from the original's while the
+    # gradients differed in their last bits (sums over T in another order): a super-network path at
+    # torch's default weight scale (gain 1) evaluated from calibrated BN statistics, a child at
+    # V_th 0.5, an SNN_2 child (spiking GAP) at V_th 0.5
+    "supernet_calibrated": case("AutoSNN_16", "SRB_k3-SCB_k5-SRB_k5-skip_connect-SCB_k3", supernet=True,
+                                gain=1.0, calibrate=1),
+    "child_vth05": case("AutoSNN_16", "SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5", v_th=0.5, seed=3, gain=2.0),
+    "child_snn2_vth05": case("SNN_2", "SRB_k3-SRB_k3-SRB_k3-SRB_k3-SRB_k3", v_th=0.5, seed=2, gain=3.0),
+}
 
 
 # Our module names -> the original's, inside a block (by block family) and outside blocks.
@@ -80,16 +112,15 @@ def load_original(root: Path):
     return childnet, supernet, functional
 
 
-def build_original(case: str, ours, childnet, supernet):
-    """The original's network for `case`, holding the weights of our network `ours`, and its
+def build_original(name: str, spec: dict, ours, childnet, supernet):
+    """The original's network for a case, holding the weights of our network `ours`, and its
     forward(x) -> out [B, K] (block ids for the super-network's path)."""
-    spec = tc.CASES[case]
-    event = spec.get("input_shape", (3, 32, 32))[0] == 2
-    snn = {"T": tc.T, "init_tau": 2.0, "v_threshold": 1.0, "neuron": "PLIF", "is_DVS_data": event}
+    snn = {"T": ours.T, "init_tau": 2.0, "v_threshold": spec["v_th"], "neuron": "PLIF",
+           "is_DVS_data": spec["input_shape"][0] == 2}
     bb = get_backbone(spec["backbone"])
     arch = iter(spec["arch"].split("-"))
     layout = [next(arch) if p.kind == "search" else "max_pool_k2" for p in bb.positions]
-    if spec.get("supernet"):
+    if spec["supernet"]:
         args = types.SimpleNamespace(dataset_name="CIFAR10", search_space=spec["backbone"])
         net = supernet.SpikingNetwork(spec["backbone"], 10, snn, args)
         ids = np.array([-1 if b == "max_pool_k2" else CANDIDATES.index(b) for b in layout])
@@ -98,20 +129,20 @@ def build_original(case: str, ours, childnet, supernet):
         args = types.SimpleNamespace(dataset_name="CIFAR10", macro_type=spec["backbone"])
         net = childnet.SpikingNetwork(spec["backbone"], 10, snn, arch=layout, args=args)
         forward = lambda x: net(x)[0]                                               # noqa: E731
-    sd = {original_name(k, bool(spec.get("supernet"))): v for k, v in ours.state_dict().items()}
+    sd = {original_name(k, spec["supernet"]): v for k, v in ours.state_dict().items()}
     if set(sd) != set(net.state_dict()):
-        fail(f"{case}: the name mapping does not fit the original: {sorted(set(sd) ^ set(net.state_dict()))[:6]}")
+        fail(f"{name}: the name mapping does not fit the original: {sorted(set(sd) ^ set(net.state_dict()))[:6]}")
     net.load_state_dict(sd)
     return net, forward
 
 
-def measure_original(case: str, childnet, supernet, functional) -> dict:
+def measure_original(name: str, spec: dict, childnet, supernet, functional) -> dict:
     """run_passes on the original, with our names for layers, parameters and BN layers."""
-    ours, x, labels = tc.build(case)
-    sup = bool(tc.CASES[case].get("supernet"))
-    net, orig_forward = build_original(case, ours, childnet, supernet)
+    ours, x, labels, calibration = build(spec)
+    sup = spec["supernet"]
+    net, orig_forward = build_original(name, spec, ours, childnet, supernet)
     modules = dict(net.named_modules())
-    keep = ours.path_state_dict(tc.CASES[case]["arch"])
+    keep = ours.path_state_dict(spec["arch"])
     params = {k: net.get_parameter(original_name(k, sup)) for k, _ in ours.named_parameters() if k in keep}
     bns = {k[:-len(".running_mean")]: modules[original_name(k, sup)[:-len(".running_mean")]]
            for k in keep if k.endswith(".running_mean")}
@@ -132,59 +163,31 @@ def measure_original(case: str, childnet, supernet, functional) -> dict:
         out = orig_forward(x)
         return out, dict(spikes)
 
-    return tc.run_passes(net, forward, params, bns, x, labels, reset=lambda: functional.reset_net(net))
+    return run_passes(net, forward, params, bns, x, labels, calibration, reset=lambda: functional.reset_net(net))
 
 
 def gaps(ours: dict, golden: dict) -> dict:
-    """Largest relative difference per numeric field over all passes, and the exact fields' equality."""
-    worst = {"loss": 0.0, "grad_norms": 0.0, "bn": 0.0}
+    """The largest relative difference of the loss, the gradient norms and the BN sums over all
+    passes, and how many gradients and BN layers are not bit-identical."""
+    worst = {"loss": 0.0, "grads": 0.0, "bn": 0.0, "grads_not_bitwise": 0, "bn_not_bitwise": 0}
 
     def rel(a, b):
         return abs(a - b) / max(abs(b), 1e-12)
 
     for p, want in golden.items():
         got = ours[p]
-        worst.setdefault("spikes_equal", True)
-        worst["spikes_equal"] &= got["spikes"] == want["spikes"] and got["class_counts"] == want["class_counts"]
-        if "loss" in want:
-            worst["loss"] = max(worst["loss"], rel(got["loss"], want["loss"]))
-            for k, w in want["grad_norms"].items():
-                worst["grad_norms"] = max(worst["grad_norms"], rel(got["grad_norms"][k], w))
-            for k, w in want["bn"].items():
-                worst["bn"] = max(worst["bn"], *(rel(a, b) for a, b in zip(got["bn"][k][:2], w[:2])))
+        worst["loss"] = max(worst["loss"], rel(got["loss"], want["loss"]))
+        for field, values in (("grads", 1), ("bn", 2)):
+            for k, w in want.get(field, {}).items():
+                worst[field] = max(worst[field], *(rel(a, b) for a, b in zip(got[field][k][:values], w)))
+                worst[f"{field}_not_bitwise"] += got[field][k][-1] != w[-1]
     return worst
 
 
-def literal(v, indent=0, width=118) -> str:
-    """A compact Python literal: short containers on one line, long ones packed or one item per line."""
-    def one(v):
-        if isinstance(v, float):
-            s = f"{v:.9g}"
-            return s if any(c in s for c in ".en") else s + ".0"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k!r}: {one(x)}" for k, x in v.items()) + "}"
-        if isinstance(v, list):
-            return "[" + ", ".join(one(x) for x in v) + "]"
-        return repr(v)
-
-    flat = one(v)
-    if indent + len(flat) <= width or not isinstance(v, (dict, list)):
-        return flat
-    pad = " " * (indent + 4)
-    items = ([f"{k!r}: {literal(x, indent + 4, width)}" for k, x in v.items()]
-             if isinstance(v, dict) else [literal(x, indent + 4, width) for x in v])
-    open_, close = "{}" if isinstance(v, dict) else "[]"
-    lines, line = [], ""
-    for it in items:
-        packable = "\n" not in it and len(pad) + len(line) + len(it) + 2 <= width
-        if line and packable:
-            line += " " + it + ","
-        else:
-            if line:
-                lines.append(pad + line)
-            line = it + ","
-    lines.append(pad + line)
-    return open_ + "\n" + "\n".join(lines) + "\n" + " " * indent + close
+def to_json(doc) -> str:
+    """JSON, one key per line, lists of numbers or strings on one line."""
+    text = json.dumps(doc, indent=1)
+    return re.sub(r"\[[^\[\]{}]*\]", lambda m: " ".join(m.group(0).split()), text) + "\n"
 
 
 def main():
@@ -192,20 +195,32 @@ def main():
     ap.add_argument("--original", required=True, type=Path,
                     help="folder of the original code (../shared/peer/original)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--case", action="append", choices=list(tc.CASES), help="only these cases (default: all)")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="only these cases (default: all)")
+    ap.add_argument("--check", action="store_true", help="compare ours with the original; write nothing")
     a = ap.parse_args()
     if not (a.original / "retrain" / "childnet.py").is_file():
         fail(f"{a.original}: not the original AutoSNN code (no retrain/childnet.py)")
-    torch.set_num_threads(a.threads)
+    doc = json.loads(DATA.read_text()) if DATA.is_file() else {"cases": {}}
+    made_with = {**machine(), "threads": a.threads, "spikingjelly": SPIKINGJELLY, "original": ORIGINAL}
+    if a.case and not a.check and doc["cases"] and doc.get("made_with") != made_with:
+        fail(f"{DATA.name} was made with {doc.get('made_with')}, not {made_with}: remake every case (no --case)")
     childnet, supernet, functional = load_original(a.original.resolve())
-    golden = {}
-    for case in a.case or tc.CASES:
-        golden[case] = measure_original(case, childnet, supernet, functional)
-        ours = tc.measure_ours(case)
-        print(f"{case}: ours vs original {gaps(ours, golden[case])}; "
-              f"test fields off: {tc.differences(ours, golden[case])}", file=sys.stderr)
-    print(f"# torch {torch.__version__}, {a.threads} threads")
-    print("GOLDEN = " + literal(golden))
+    cases = dict(doc["cases"]) if a.case else {}
+    with threads(a.threads):
+        for name in a.case or CASES:
+            golden = measure_original(name, CASES[name], childnet, supernet, functional)
+            ours = measure_ours(CASES[name])
+            print(f"{name}: ours vs original {gaps(ours, golden)}; off beyond the tolerances: "
+                  f"{differences(ours, golden)}; not bit-identical: {len(differences(ours, golden, exact=True))} "
+                  f"fields", file=sys.stderr)
+            cases[name] = {"case": CASES[name], "golden": golden}
+    if a.check:
+        return
+    doc = {"about": f"Golden numbers from the original AutoSNN code ({ORIGINAL}), written by "
+                    "tools/golden_original.py; what they measure: benchmarks/conformance.py",
+           "made_with": made_with, "cases": {n: cases[n] for n in CASES if n in cases}}
+    atomic_write_text(DATA, to_json(doc))
+    print(f"wrote {DATA}", file=sys.stderr)
 
 
 if __name__ == "__main__":
