@@ -572,7 +572,7 @@ def test_no_grad_loop_rounds_the_membrane_as_the_equation_on_the_threshold():
     assert v2.item() == 1.0 and (v1 + (x[1] * k - v1 * k)).item() < 1.0      # on the edge; `v += x*k - v*k` is off it
     want = [0.0, 1.0, 0.0]
     assert no_grad_loop(x.clone(), k, 1.0).view(-1).tolist() == want
-    assert neuron_loop(x.clone(), k, 1.0, 2.0).view(-1).tolist() == want
+    assert neuron_loop(x.clone(), lambda: k, 1.0, 2.0).view(-1).tolist() == want
     n = Neuron("plif", tau0=2.0)
     with torch.no_grad():
         n.w.fill_(torch.logit(k.double()).float().item())
