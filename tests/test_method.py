@@ -47,6 +47,13 @@ makes it fail (each was applied to the code and seen to fail its test).
                                                        test_cifar_labels_that_are_not_integers_name_the_file
     channels_last convolutions (training no longer   test_conformance.py::test_matches_the_original
       matches the original's numbers)
+    a sum over T in another order than the           test_conformance.py::test_bit_identical_to_the_original
+      original's: conv/classifier weights over T*B     (all seven cases fail for folded convs, folded
+      images at once, sigmoid(w) once for all steps,   classifier or one sigmoid; six for the stem; five for
+      the stem current expanded, rates.sum(0): last    rates.sum(0)), test_matches_the_original (spikes after
+      bits of gradients, then other spikes after an    the step: the last three cases before the fix),
+      Adam step                                        test_autosnn.py::test_float32_equals_stepwise_bit_for_
+                                                       bit_after_adam (folded convs/classifier, one sigmoid)
     NIR export: BN bias not folded, shortcut edge    test_nir.py (golden numbers from Norse, snnTorch and
       dropped, max-pool threshold, tau not over dt     spikingjelly on a PLIF network and on one with exact
     NIR threshold written as v_th (readers fire at     ties), test_nir.py::test_threshold_is_the_float32_*,
@@ -565,7 +572,7 @@ def test_no_grad_loop_rounds_the_membrane_as_the_equation_on_the_threshold():
     assert v2.item() == 1.0 and (v1 + (x[1] * k - v1 * k)).item() < 1.0      # on the edge; `v += x*k - v*k` is off it
     want = [0.0, 1.0, 0.0]
     assert no_grad_loop(x.clone(), k, 1.0).view(-1).tolist() == want
-    assert neuron_loop(x.clone(), k, 1.0, 2.0).view(-1).tolist() == want
+    assert neuron_loop(x.clone(), lambda: k, 1.0, 2.0).view(-1).tolist() == want
     n = Neuron("plif", tau0=2.0)
     with torch.no_grad():
         n.w.fill_(torch.logit(k.double()).float().item())
