@@ -181,8 +181,9 @@ def watch(supernet: SpikingNetwork, archs: list, val_batches, recalib_batches, p
             "val_path_acc": acc, "val_path_spikes": spikes}
 
 
-def _ranks(v: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties given the mean of the ranks they span."""
+def mean_ranks(v) -> np.ndarray:
+    """Ranks 1..n of the values v, ties given the mean of the ranks they span."""
+    v = np.asarray(v, float)
     order = np.argsort(v, kind="stable")
     ranks = np.empty(len(v))
     sv = v[order]
@@ -215,6 +216,6 @@ def spearman_rho(x, y) -> float:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"spearman_rho needs two equally long lists, got shapes {x.shape} and {y.shape}")
-    rx, ry = _ranks(x) - (len(x) + 1) / 2, _ranks(y) - (len(y) + 1) / 2
+    rx, ry = mean_ranks(x) - (len(x) + 1) / 2, mean_ranks(y) - (len(y) + 1) / 2
     denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from benchmarks.standalone import check_units_recipe, load_run, open_folder, retrain_unit, say, unit_result
-from evaluation import distinct_archs, kendall_tau, spearman_rho
+from evaluation import distinct_archs, kendall_tau, mean_ranks, spearman_rho
 from evolve import fitness
 from files import AutoSNNError, progress, read_json
 
@@ -85,12 +85,10 @@ class FidelityConfig:
 
 def spread(records: list[dict], n: int) -> list[int]:
     """Indices of n records spread over accuracy and spikes: the maximin design in the square of
-    their (accuracy rank, spike rank) scaled to [0, 1] (module docstring, step 2)."""
+    their (accuracy rank, spike rank) scaled to [0, 1], ties at their mean rank (module docstring, step 2)."""
     m = len(records)
     scale = max(m - 1, 1)
-    acc_rank = np.argsort(np.argsort([r["acc"] for r in records], kind="stable"), kind="stable") / scale
-    spike_rank = np.argsort(np.argsort([r["spikes"] for r in records], kind="stable"), kind="stable") / scale
-    pts = np.stack([acc_rank, spike_rank], 1)
+    pts = np.stack([(mean_ranks([r[k] for r in records]) - 1) / scale for k in ("acc", "spikes")], 1)
     first = max(range(m), key=lambda i: (records[i]["acc"], -records[i]["spikes"], -i))
     chosen = [first]
     dist = np.linalg.norm(pts - pts[first], axis=1)
@@ -172,8 +170,9 @@ def fidelity(run_dir, fc: FidelityConfig, threads: int = 2, device: str = "cpu")
     fc.check(loaded.net.backbone.size)
     out = Path(fc.out) if fc.out else run_dir / "fidelity"
     bn = loaded.cfg.search.bn_recalib if fc.bn_recalib == -1 else fc.bn_recalib
-    settings = {**asdict(fc), "out": None, "run": str(run_dir.resolve()), "supernet_epoch": loaded.ck["epoch"],
-                "bn_recalib": bn, "device": device}
+    # what the pool and the units depend on (the report's --top-k and --bootstrap may change on a rerun)
+    settings = {**{k: v for k, v in asdict(fc).items() if k not in ("out", "top_k", "bootstrap")},
+                "run": str(run_dir.resolve()), "supernet_epoch": loaded.ck["epoch"], "bn_recalib": bn, "device": device}
     source = None
     if fc.same_archs:
         source = Path(fc.same_archs)

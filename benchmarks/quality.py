@@ -187,7 +187,8 @@ def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: i
            "supernet_epoch": loaded.ck["epoch"], "val_images": len(loaded.ds.search_split(
                loaded.cfg.supernet.train_portion)[1]), "pool": pool, "iterations": iterations, "seeds": qc.seeds,
            "lam": qc.lam, "bn_recalib": bn, "spike_norm": norm, "reference": {"acc": 0.0, "spikes": ref},
-           "budgets": budgets, "distinct_archs_evaluated": len(cache), "retrain_picks": qc.retrain_picks,
+           "budgets": budgets, "distinct_archs_evaluated": len(cache),
+           "evaluated": {a: [len(runs[a, s]) for s in range(qc.seeds)] for a in ALGOS}, "retrain_picks": qc.retrain_picks,
            "device": str(loaded.env.device), "threads": torch.get_num_threads(),
            "wall_s": time.perf_counter() - start, "metrics": metrics, "comparisons": comparisons,
            "verdicts": verdicts, "picks": [{"algorithm": a, "seed": s, **p} for (a, s), p in picks.items()]}

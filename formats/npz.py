@@ -44,14 +44,18 @@ def read_npz(path, T: int) -> dict:
     where = f"npz:{path}"
     if not path.is_file():
         raise AutoSNNError(f"{where}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    if not zipfile.is_zipfile(path):
+        raise AutoSNNError(f"{where} is not a readable .npz file (not a zip archive); write it with "
+                           f"numpy.savez(path, x=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise AutoSNNError(f"{where} is not a readable .npz file ({type(e).__name__}); write it with "
                            f"numpy.savez(path, x=..., y=...)") from None
-    except ValueError as e:       # object arrays (pickles) are refused by allow_pickle=False
-        raise AutoSNNError(f"{where}: {str(e).splitlines()[0]}; store plain numeric arrays") from None
+    except ValueError:            # object arrays (pickles) are refused by allow_pickle=False
+        raise AutoSNNError(f"{where} holds an object (pickled) array, which is not read; store plain numeric "
+                           f"arrays") from None
     unknown = sorted(set(arrays) - set(KEYS))
     if unknown:
         raise AutoSNNError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(KEYS)}")
