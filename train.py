@@ -51,7 +51,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from plumbing.plots import plot_run
     from plumbing.rundir import (CHECKPOINTS, Run, WriteError, load_checkpoint, load_state, load_supernet, now, resolve,
                                  rng_states, set_rng_states)
-    from search_space import get_backbone, resolve_arch, sample_arch
+    from search_space import balanced_paths, get_backbone, resolve_arch, sample_arch
     from spikes import E_AC, E_MAC, silent_layers
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
@@ -296,11 +296,12 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
 
 def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epochs: int, seed: int, label: str,
         path_rng: random.Random | None = None, scheduler=None, evaluate=None, every: int = 1, extra=None,
-        watcher=None, watch_every: int = 0):
+        watcher=None, watch_every: int = 0, sampler=None):
     """The epoch loop of the super-network (kind "supernet": a path drawn from path_rng per batch) and
     of retraining ("retrain": one network; evaluate() on the test set every `every` epochs and after
     the last). watcher(history) -> metrics to add, every `watch_every` epochs and after the last (the
-    super-network's fixed paths on D_val). Resumes from run/<CHECKPOINTS[kind]> when it exists;
+    super-network's fixed paths on D_val). sampler(): a fresh path chooser per epoch (instead of
+    uniform draws from path_rng). Resumes from run/<CHECKPOINTS[kind]> when it exists;
     checkpoints after every epoch. Returns (the last checkpoint, the last evaluation or None)."""
     r, what = cfg.run, {"supernet": "super-network", "retrain": "retraining"}[kind]
     ckpt = run.path / CHECKPOINTS[kind]
@@ -330,6 +331,8 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
         t0 = time.time()
         batches = split.batches(r.batch_size, shuffle=True, generator=data_gen, device=env.device)
         sample = (lambda: sample_arch(net.backbone, path_rng)) if path_rng is not None else (lambda: None)
+        if sampler is not None:
+            sample = sampler()
         m = train_epoch(net, optimizer, batches, nb, sample, run, r.log_every, what, env.autocast,
                         env.compile and epoch == first, (start, first, epoch, epochs))
         if scheduler is not None:
@@ -377,12 +380,19 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
     r = cfg.run
     torch.manual_seed(r.seed)
     net = build_net(cfg, ds.num_classes, ds.input_shape).to(env.device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.supernet.supernet_lr)
-    d_train, d_val = ds.search_split(cfg.supernet.train_portion)
-    ck, _ = fit(cfg, run, env, net, optimizer, "supernet", d_train, cfg.supernet.supernet_epochs, r.seed,
-                f"super-network {r.backbone}", path_rng=random.Random(r.seed),
+    sn = cfg.supernet
+    optimizer = torch.optim.Adam(net.parameters(), lr=sn.supernet_lr)
+    # opt-in remedies for a super-network that ranks paths poorly; the paper's recipe is the default
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, sn.supernet_epochs)
+                 if sn.supernet_schedule == "cosine" else None)
+    path_rng = random.Random(r.seed)
+    sampler = (lambda: balanced_paths(net.backbone, path_rng)) if sn.path_sampling == "fair" else None
+    d_train, d_val = ds.search_split(sn.train_portion)
+    ck, _ = fit(cfg, run, env, net, optimizer, "supernet", d_train, sn.supernet_epochs, r.seed,
+                f"super-network {r.backbone}", path_rng=path_rng, scheduler=scheduler,
                 extra={"num_classes": ds.num_classes, "input_shape": tuple(ds.input_shape)},
-                watcher=make_watcher(cfg, net, d_train, d_val, env, run), watch_every=cfg.supernet.watch_every)
+                watcher=make_watcher(cfg, net, d_train, d_val, env, run), watch_every=sn.watch_every,
+                sampler=sampler)
     run.save_network(net, "supernet_model.pt")
     run.log(f"super-network saved: {run.path / 'supernet_model.pt'}")
     return ck

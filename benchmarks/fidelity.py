@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.standalone import check_units_recipe, load_run, open_folder, retrain_unit, say, unit_result
+from benchmarks.standalone import check_units_recipe, claimed, load_run, open_folder, say, train_units
 from evaluation import distinct_archs, kendall_tau, mean_ranks, spearman_rho
 from evolve import fitness
-from files import AutoSNNError, progress, read_json
+from files import AutoSNNError, read_json
 
 
 @dataclass
@@ -185,49 +185,22 @@ def fidelity(run_dir, fc: FidelityConfig, threads: int = 2, device: str = "cpu")
                 raise AutoSNNError(f"--same-archs {source} was made with --{k} {prev_settings.get(k)}, not "
                                    f"{settings[k]}: give the same")
     run = open_folder(out, settings, "a fidelity study", f"bench.py --fidelity {run_dir} ...")
-    try:
-        return _measure(loaded, fc, run, out, bn, source)
-    finally:
-        run.close()
+    return _measure(loaded, fc, run, out, bn, source)
 
 
 def _measure(loaded, fc: FidelityConfig, run, out: Path, bn: int, source: Path | None) -> dict:
-    net, start = loaded.net, time.perf_counter()
-    pool_path = out / "pool.json"
-    if pool_path.is_file():
-        pool = read_json(pool_path)
-    else:
-        if source is not None:
-            archs = read_json(source / "pool.json")["chosen"]
-        else:
-            size = fc.sample_pool or min(4 * fc.archs, net.backbone.size)
-            archs = [str(a) for a in distinct_archs(net.backbone, size, random.Random(fc.sample_seed))]
-        say(f"evaluating {len(archs)} architectures with the super-network on D_val"
-            + (f" (BN re-estimated on {bn} batches each)" if bn else " (no BN re-estimation)"))
-        t0 = time.perf_counter()
-        records = [{"arch": a, **r} for a, r in zip(archs, loaded.evaluator(bn)(archs))]
-        chosen = archs if source is not None else [archs[i] for i in spread(records, fc.archs)]
-        pool = {"records": records, "chosen": chosen, "eval_s": time.perf_counter() - t0}
-        run.write_text(pool_path, json.dumps(pool, indent=1))
+    start = time.perf_counter()
+    with claimed(out, wait=True):          # one process evaluates the pool; the others read it
+        pool = _pool(loaded, fc, run, out, bn, source)
     by_arch = {r["arch"]: r for r in pool["records"]}
     units = (source or out) / "units"
     check_units_recipe(units, {**loaded.recipe(), "bench": "stand-alone retraining"}, run)
-    todo = [(a, s) for a in pool["chosen"] for s in range(fc.seeds)]
-    first = sum(unit_result(units, a, s, fc.epochs) is not None for a, s in todo)
-    t0, done = time.perf_counter(), 0
-    for i, (a, s) in enumerate(todo, 1):
-        fresh = unit_result(units, a, s, fc.epochs) is None
-        u0 = time.perf_counter()
-        res = retrain_unit(loaded, units, a, s, fc.epochs)
-        if fresh:
-            done += 1
-            say(f"[{i}/{len(todo)}] {a} seed {s}: test acc {res['test_acc']:.4f}, spikes {res['spikes']:.0f} "
-                f"({time.perf_counter() - u0:.0f}s) | {progress(t0, first + done, first, len(todo))}")
+    results = train_units(loaded, units, [(a, s) for a in pool["chosen"] for s in range(fc.seeds)], fc.epochs)
     rows = []
     for a in pool["chosen"]:
         rec = by_arch[a]
         rows.append({"arch": a, "sn_acc": rec["acc"], "sn_spikes": rec["spikes"],
-                     "sa": [unit_result(units, a, s, fc.epochs) for s in range(fc.seeds)]})
+                     "sa": [results[a, s] for s in range(fc.seeds)]})
     norm = float(loaded.cfg.search.spike_norm or loaded.ck["spike_norm"])
     figures = report(rows, fc.seeds, loaded.cfg.search.lam, norm, fc.top_k, fc.bootstrap)
     c = loaded.cfg.run
@@ -242,6 +215,26 @@ def _measure(loaded, fc: FidelityConfig, run, out: Path, bn: int, source: Path |
     run.write_text(out / "fidelity.md", text(doc) + "\n")
     plot(doc, out, say)
     return doc
+
+
+def _pool(loaded, fc: FidelityConfig, run, out: Path, bn: int, source: Path | None) -> dict:
+    """pool.json: the evaluated pool and the chosen architectures (made once, then read)."""
+    path = out / "pool.json"
+    if path.is_file():
+        return read_json(path)
+    if source is not None:
+        archs = read_json(source / "pool.json")["chosen"]
+    else:
+        size = fc.sample_pool or min(4 * fc.archs, loaded.net.backbone.size)
+        archs = [str(a) for a in distinct_archs(loaded.net.backbone, size, random.Random(fc.sample_seed))]
+    say(f"evaluating {len(archs)} architectures with the super-network on D_val"
+        + (f" (BN re-estimated on {bn} batches each)" if bn else " (no BN re-estimation)"))
+    t0 = time.perf_counter()
+    records = [{"arch": a, **r} for a, r in zip(archs, loaded.evaluator(bn)(archs))]
+    chosen = archs if source is not None else [archs[i] for i in spread(records, fc.archs)]
+    pool = {"records": records, "chosen": chosen, "eval_s": time.perf_counter() - t0}
+    run.write_text(path, json.dumps(pool, indent=1))
+    return pool
 
 
 def _ci(a: dict, key: str) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.standalone import check_units_recipe, load_run, open_folder, retrain_unit, say
+from benchmarks.standalone import check_units_recipe, claimed, load_run, open_folder, say, train_units
 from evolve import SearchConfig, check_lambda, parse_pick, run_search
 from files import AutoSNNError, read_json
 from pareto import hypervolume, make_search, pick
@@ -122,10 +122,8 @@ def search_quality(run_dir, qc: QualityConfig, pool: int, quick: bool = False, t
     settings = {**asdict(qc), "out": None, "iterations": iterations, "pool": pool, "bn_recalib": bn,
                 "run": str(run_dir.resolve()), "supernet_epoch": loaded.ck["epoch"], "device": device}
     run = open_folder(out, settings, "a search comparison", f"bench.py --search-quality {run_dir} ...")
-    try:
+    with claimed(out, wait=True):       # the searches and their evaluations.json: one process at a time
         return _compare(loaded, qc, run, out, pool, iterations, bn)
-    finally:
-        run.close()
 
 
 def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: int, bn: int) -> dict:
@@ -169,14 +167,13 @@ def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: i
     if qc.retrain_picks:
         units = out / "units"
         check_units_recipe(units, {**loaded.recipe(), "bench": "stand-alone retraining"}, run)
-        for algo in ALGOS:
-            rule = qc.pick if algo == "pareto" else "lambda"
-            for s in range(qc.seeds):
-                rec = pick(runs[algo, s], rule)
-                say(f"retraining the pick of {algo} seed {s} (--pick {rule}): {rec['arch']}, {qc.retrain_picks} epochs")
-                res = retrain_unit(loaded, units, rec["arch"], 0, qc.retrain_picks)
-                picks[algo, s] = {"arch": rec["arch"], "rule": rule, "val_acc": rec["acc"],
-                                  "val_spikes": rec["spikes"], **res}
+        chosen = {(a, s): (qc.pick if a == "pareto" else "lambda") for a in ALGOS for s in range(qc.seeds)}
+        chosen = {k: (rule, pick(runs[k], rule)) for k, rule in chosen.items()}
+        say(f"retraining the {len({r['arch'] for _, r in chosen.values()})} distinct picks for {qc.retrain_picks} epochs")
+        res = train_units(loaded, units, [(r["arch"], 0) for _, r in chosen.values()], qc.retrain_picks)
+        for k, (rule, rec) in chosen.items():
+            picks[k] = {"arch": rec["arch"], "rule": rule, "val_acc": rec["acc"], "val_spikes": rec["spikes"],
+                        **res[rec["arch"], 0]}
         metrics["pick: test acc"] = {a: [picks[a, s]["test_acc"] for s in range(qc.seeds)] for a in ALGOS}
         metrics["pick: test spikes"] = {a: [picks[a, s]["spikes"] for s in range(qc.seeds)] for a in ALGOS}
     comparisons = {m: {f"{a} vs {b}": paired(v[a], v[b]) for a, b in PAIRS} for m, v in metrics.items()}

@@ -6,23 +6,29 @@ A unit is one architecture trained from scratch with the run's retraining recipe
 seed s (weights and data order seeded by the run's --seed + s, so seed 0 is the run's own retraining),
 then tested: train.retrain_stage in its own folder, units/<arch>.seed<s>.e<E>/, checkpointed after every
 epoch (child.pt) and finished when its results.json is written. Rerunning the same command continues
-every unfinished unit where it stopped, bit for bit on a CPU with the same --threads.
+every unfinished unit where it stopped, bit for bit on a CPU with the same --threads. Several processes
+may run the same command at once (e.g. one per core with --threads 1): each unit is claimed by one of
+them (an flock on its .lock), the others take the next one or wait for it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import train
-from files import AutoSNNError, read_json, remove_stale_temps
+from files import AutoSNNError, progress, read_json, remove_stale_temps
 from plumbing.config import Config, Env, check_config
 from plumbing.rundir import Run, environment, load_checkpoint, load_supernet, read_config, writing
 
 # the options that define a stand-alone result besides the architecture, seed and epochs
+POLL_S = 5          # how often a process waits for units that other processes are training
 RECIPE = ("dataset", "data_root", "n_train", "n_test", "split_by", "cutout", "backbone", "T", "neuron", "tau0",
           "v_th", "batch_size", "retrain_lr", "optimizer", "seed")
 
@@ -65,28 +71,44 @@ def load_run(run_dir, threads: int, device: str, log=print) -> Loaded:
     return Loaded(path, flat, cfg, ds, env, net, ck)
 
 
+@contextlib.contextmanager
+def claimed(folder: Path, wait: bool):
+    """Hold an exclusive flock on folder/.lock: yields True once held, or False at once when another
+    process holds it and wait is False. Released on exit (also when the process dies)."""
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        f.close()
+
+
 def open_folder(out: Path, settings: dict, what: str, resume_hint: str) -> Run:
-    """The output folder `out`, created or reopened and locked. settings.json records the settings it
-    was made with; another setting on a rerun is one line (the folder would mix two studies)."""
+    """The output folder `out`, created or reopened (not locked: several processes may share it).
+    settings.json records the settings it was made with; another setting on a rerun is one line (the
+    folder would mix two studies)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AutoSNNError(f"{out} is a file; --out must be a folder")
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
     run = Run(out, environment(torch.device(settings.get("device", "cpu"))))
-    run.lock()
-    remove_stale_temps(out)
-    path = out / "settings.json"
-    if path.is_file():
-        saved = read_json(path)
-        diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k) and k != "device")
-        if diff:
-            k = diff[0]
-            run.close()
-            raise AutoSNNError(f"{out} holds {what} made with {k} = {saved.get(k)!r}, not {settings.get(k)!r}; "
-                               f"rerun with its settings to continue it ({resume_hint}), or give another --out")
-    else:
-        run.write_text(path, json.dumps(settings, indent=1))
+    with claimed(out, wait=True):
+        remove_stale_temps(out)
+        path = out / "settings.json"
+        if path.is_file():
+            saved = read_json(path)
+            diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k) and k != "device")
+            if diff:
+                k = diff[0]
+                raise AutoSNNError(f"{out} holds {what} made with {k} = {saved.get(k)!r}, not {settings.get(k)!r}; "
+                                   f"rerun with its settings to continue it ({resume_hint}), or give another --out")
+        else:
+            run.write_text(path, json.dumps(settings, indent=1))
     return run
 
 
@@ -121,26 +143,42 @@ def unit_result(folder: Path, arch: str, seed: int, epochs: int) -> dict | None:
     return {k: res[k] for k in ("test_acc", "spikes", "neuron_spikes", "params")}
 
 
-def retrain_unit(loaded: Loaded, folder: Path, arch: str, seed: int, epochs: int) -> dict:
+def retrain_unit(loaded: Loaded, folder: Path, arch: str, seed: int, epochs: int) -> None:
     """Train `arch` stand-alone (see the module docstring) in folder/<unit>/, resuming its checkpoint;
-    the unit's log goes to its own log.txt only. Returns unit_result."""
-    done = unit_result(folder, arch, seed, epochs)
-    if done is not None:
-        return done
-    name = unit_name(arch, seed, epochs)
-    sub = Run(folder / name, environment(loaded.env.device))
-    with writing(sub.path):
-        sub.path.mkdir(parents=True, exist_ok=True)
-    sub.lock()
-    try:
-        remove_stale_temps(sub.path)
-        sub.printing = False
-        cfg = Config.from_flat({**loaded.flat, "arch": arch, "retrain_epochs": epochs, "eval_every": epochs,
-                                "seed": loaded.flat["seed"] + seed})
-        train.retrain_stage(cfg, loaded.ds, sub, loaded.env, arch)
-    finally:
-        sub.close()
-    return unit_result(folder, arch, seed, epochs)
+    the unit's log goes to its own log.txt only. The caller holds the unit's claim."""
+    sub = Run(folder / unit_name(arch, seed, epochs), environment(loaded.env.device))
+    remove_stale_temps(sub.path)
+    sub.printing = False
+    cfg = Config.from_flat({**loaded.flat, "arch": arch, "retrain_epochs": epochs, "eval_every": epochs,
+                            "seed": loaded.flat["seed"] + seed})
+    train.retrain_stage(cfg, loaded.ds, sub, loaded.env, arch)
+
+
+def train_units(loaded: Loaded, folder: Path, units: list, epochs: int) -> dict:
+    """Every (arch, seed) of `units` trained for `epochs` (those finished before are read): this
+    process trains each unit no other process has claimed, then waits for the others' (and takes
+    over a unit whose process died). One progress line per unit trained here. Returns
+    {(arch, seed): unit_result}."""
+    units = list(dict.fromkeys(units))
+    done = lambda u: unit_result(folder, u[0], u[1], epochs) is not None
+    first, start = sum(map(done, units)), time.perf_counter()
+    while True:
+        left = [u for u in units if not done(u)]
+        if not left:
+            return {u: unit_result(folder, u[0], u[1], epochs) for u in units}
+        trained = False
+        for a, s in left:
+            with claimed(folder / unit_name(a, s, epochs), wait=False) as mine:
+                if not mine or done((a, s)):
+                    continue
+                t0 = time.perf_counter()
+                retrain_unit(loaded, folder, a, s, epochs)
+                trained = True
+            res, n = unit_result(folder, a, s, epochs), sum(map(done, units))
+            say(f"[{n}/{len(units)}] {a} seed {s}: test acc {res['test_acc']:.4f}, spikes {res['spikes']:.0f} "
+                f"({time.perf_counter() - t0:.0f}s) | {progress(start, n, first, len(units))}")
+        if not trained:
+            time.sleep(POLL_S)        # the rest are being trained by other processes
 
 
 def say(msg: str) -> None:

@@ -87,6 +87,11 @@ class SupernetConfig:
     supernet_epochs: int = opt(600, "super-network training epochs")
     supernet_lr: float = opt(1e-3, "Adam learning rate")
     train_portion: float = opt(0.8, "fraction of the training set used as D_train (rest: D_val)", model=True)
+    supernet_schedule: str = opt("constant", "learning rate: constant (the paper's) or cosine (annealed to 0 "
+                                             "over --supernet-epochs)")
+    path_sampling: str = opt("uniform", "uniform (the paper's: each position drawn on its own) or fair: each "
+                                        "block of 5 consecutive batches uses every candidate at every position "
+                                        "once (FairNAS's sampling, without its gradient accumulation)")
     watch_every: int = opt(1, "epochs between evaluations of --watch-archs fixed paths on D_val, logged with "
                               "their spread and ranking change (0: off; the last epoch is always evaluated)")
     watch_archs: int = opt(4, "fixed random paths (seeded by --seed) the super-network is watched on")
@@ -270,6 +275,8 @@ def check_config(cfg: Config) -> None:
     need(sn.supernet_lr > 0, "supernet_lr", "> 0")
     need(rc.retrain_lr > 0, "retrain_lr", "> 0")
     need(0 < sn.train_portion < 1, "train_portion", "in (0, 1)")
+    need(sn.supernet_schedule in ("constant", "cosine"), "supernet_schedule", "constant or cosine")
+    need(sn.path_sampling in ("uniform", "fair"), "path_sampling", "uniform or fair")
     need(se.spike_norm >= 0, "spike_norm", ">= 0 (0: the super-network's last-epoch mean)")
     need(r.amp in AMP, "amp", " or ".join(AMP))
     user_error(se.check)

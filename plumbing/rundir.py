@@ -109,8 +109,9 @@ def check_extension(saved: dict, given: dict, run_dir: Path) -> dict:
     A stage extended from E to N epochs ends exactly where a run started with N would (bit for bit on a
     CPU with the same --threads), because nothing in it depends on the planned number of epochs: Adam
     at a constant learning rate, data order and paths drawn epoch by epoch from generators saved in
-    the checkpoint, evaluations that leave weights and generators alone. The one schedule that does
-    depend on it, SGD's learning-rate steps at 50% and 75% of --retrain-epochs, is refused. What does
+    the checkpoint, evaluations that leave weights and generators alone. The schedules that do depend
+    on it (SGD's learning-rate steps at 50% and 75% of --retrain-epochs, --supernet-schedule cosine)
+    are refused. What does
     differ: evaluations logged at the old last epoch (test accuracy, the watched paths) that a straight
     run makes only on its --eval-every / --watch-every grid. A longer super-network invalidates the
     search and retraining made with the old one: Run.open sets their files aside (superseded/)."""
@@ -126,6 +127,9 @@ def check_extension(saved: dict, given: dict, run_dir: Path) -> dict:
         if k == "retrain_epochs" and saved["optimizer"] == "sgd":
             raise AutoSNNError(f"{flag(k)}: an SGD retraining steps its learning rate at 50% and 75% of its "
                                f"epochs, so it cannot be extended to equal a longer run; start a new run")
+        if k == "supernet_epochs" and saved["supernet_schedule"] != "constant":
+            raise AutoSNNError(f"{flag(k)}: a {saved['supernet_schedule']} learning rate is scheduled over the "
+                               f"planned epochs, so it cannot be extended to equal a longer run; start a new run")
         out[k] = (saved[k], given[k])
     return out
 
