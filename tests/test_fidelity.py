@@ -207,3 +207,29 @@ def test_search_quality_pairs_seeds_and_resumes_from_its_evaluations(tiny_run, t
     monkeypatch.setattr(train, "train_epoch", lambda *a, **k: pytest.fail("retrained again"))
     again = search_quality(tiny_run, qc, pool=4, threads=1)
     assert again["metrics"] == doc["metrics"] and again["picks"] == doc["picks"]
+
+
+def test_units_claimed_by_another_process_are_waited_for_then_taken_over(tiny_run, tmp_path, monkeypatch):
+    """train_units skips a unit another process holds, trains the rest, waits, and trains the held
+    one itself once its claim is released without a result (that process died)."""
+    import threading
+
+    import benchmarks.standalone as sa
+    monkeypatch.setattr(sa, "POLL_S", 0.05)
+    loaded = sa.load_run(tiny_run, 1, "cpu", lambda m: None)
+    folder = tmp_path / "units"
+    units = [("SCB_k3-SCB_k3-SCB_k3-SCB_k3-SCB_k3", 0), ("skip_connect-SRB_k3-SCB_k5-SRB_k5-skip_connect", 0)]
+    trained, real = [], sa.retrain_unit
+    monkeypatch.setattr(sa, "retrain_unit", lambda ld, f, a, s, e: (trained.append(a), real(ld, f, a, s, e))[1])
+    out = {}
+    with sa.claimed(folder / sa.unit_name(*units[0], 1), wait=False) as mine:
+        assert mine
+        t = threading.Thread(target=lambda: out.update(sa.train_units(loaded, folder, units, 1)))
+        t.start()
+        for _ in range(600):
+            if sa.unit_result(folder, *units[1], 1) is not None:
+                break
+            t.join(0.1)
+        assert trained == [units[1][0]] and t.is_alive()         # the free one done; waiting for the held one
+    t.join(120)
+    assert not t.is_alive() and trained == [units[1][0], units[0][0]] and set(out) == set(units)
