@@ -24,7 +24,8 @@ Per algorithm and seed:
 For each pair of algorithms: the mean and standard deviation of the per-seed differences and an exact
 two-sided paired permutation test (sign flips of the differences; with S seeds the smallest attainable
 p is 2 / 2**S, so 3 seeds can never reach 0.05 and 6 are the fewest that can), and one verdict line.
-Evaluations are kept in OUT/evaluations.json and retrained picks as units, so rerunning continues.
+Evaluations are kept in OUT/evaluations.json and retrained picks as units, so rerunning continues;
+a second process running the same command replays the searches from that file and shares the picks.
 """
 from __future__ import annotations
 
@@ -122,12 +123,15 @@ def search_quality(run_dir, qc: QualityConfig, pool: int, quick: bool = False, t
     settings = {**asdict(qc), "out": None, "iterations": iterations, "pool": pool, "bn_recalib": bn,
                 "run": str(run_dir.resolve()), "supernet_epoch": loaded.ck["epoch"], "device": device}
     run = open_folder(out, settings, "a search comparison", f"bench.py --search-quality {run_dir} ...")
-    with claimed(out, wait=True):       # the searches and their evaluations.json: one process at a time
-        return _compare(loaded, qc, run, out, pool, iterations, bn)
+    start = time.perf_counter()
+    with claimed(out, wait=True):       # the searches: one process; another replays them from evaluations.json
+        runs = _searches(loaded, qc, run, out, pool, iterations, bn)
+    return _compare(loaded, qc, run, out, pool, iterations, bn, runs, start)
 
 
-def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: int, bn: int) -> dict:
-    start, net = time.perf_counter(), loaded.net
+def _searches(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: int, bn: int) -> dict:
+    """{(algorithm, seed): the search's history}, every evaluation kept in OUT/evaluations.json."""
+    net = loaded.net
     norm = float(loaded.ck["spike_norm"])
     cache_path = out / "evaluations.json"
     cache = read_json(cache_path) if cache_path.is_file() else {}
@@ -152,6 +156,12 @@ def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: i
             run.write_text(cache_path, json.dumps(cache))
             say(f"{algo} seed {seed}: {len(s.history)} evaluated ({len(cache) - before} new, "
                 f"{time.perf_counter() - t0:.0f}s); {len(cache)} distinct so far")
+    return runs
+
+
+def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: int, bn: int, runs: dict,
+             start: float) -> dict:
+    norm = float(loaded.ck["spike_norm"])
     every = sorted(h["spikes"] for hist in runs.values() for h in hist)
     budgets = [every[int(q * (len(every) - 1))] for q in (0.25, 0.5, 0.75)]
     ref = 2 * norm
@@ -184,7 +194,7 @@ def _compare(loaded, qc: QualityConfig, run, out: Path, pool: int, iterations: i
            "supernet_epoch": loaded.ck["epoch"], "val_images": len(loaded.ds.search_split(
                loaded.cfg.supernet.train_portion)[1]), "pool": pool, "iterations": iterations, "seeds": qc.seeds,
            "lam": qc.lam, "bn_recalib": bn, "spike_norm": norm, "reference": {"acc": 0.0, "spikes": ref},
-           "budgets": budgets, "distinct_archs_evaluated": len(cache),
+           "budgets": budgets, "distinct_archs_evaluated": len({h["arch"] for hist in runs.values() for h in hist}),
            "evaluated": {a: [len(runs[a, s]) for s in range(qc.seeds)] for a in ALGOS}, "retrain_picks": qc.retrain_picks,
            "device": str(loaded.env.device), "threads": torch.get_num_threads(),
            "wall_s": time.perf_counter() - start, "metrics": metrics, "comparisons": comparisons,

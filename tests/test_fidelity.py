@@ -130,6 +130,7 @@ def units_state(folder):
 OPTS = dict(archs=3, epochs=2, sample_pool=5, bootstrap=50)
 
 
+@pytest.mark.slow
 def test_fidelity_resumes_bit_identically(tiny_run, tmp_path, monkeypatch):
     a = fid.fidelity(tiny_run, fid.FidelityConfig(**OPTS, out=str(tmp_path / "a")), threads=1)
     assert len(a["rows"]) == 3 and a["pool"] == 5 and (tmp_path / "a" / "fidelity.md").is_file()

@@ -64,6 +64,7 @@ def test_watched_paths_are_evaluated_as_the_search_would(tmp_path):
     assert last["val_path_acc"] == want["val_path_acc"] and last["val_path_spikes"] == want["val_path_spikes"]
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_equals_a_straight_one(tmp_path, cli):
     """2 + 2 epochs, extended to 3 + 3 with --resume, ends where a 3 + 3 run does; the old search
     and retraining are set aside."""
@@ -87,6 +88,7 @@ def test_extending_a_finished_run_equals_a_straight_one(tmp_path, cli):
     assert [r["generation"] for r in rows if r.get("stage") == "search"] == [1, 2, 3]    # no stale rows
 
 
+@pytest.mark.slow
 def test_extending_only_the_retraining(tmp_path, cli):
     assert run_cli(tmp_path, "straight", base=with_option(TINY, "--retrain-epochs", "3")) == 0
     assert run_cli(tmp_path, "ext") == 0

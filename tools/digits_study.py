@@ -115,10 +115,13 @@ def run_step(name: str, cmd: list[str], resume: Path | None, out: Path, cost: di
         cmd = [sys.executable, "train.py", "--resume", str(resume), "--threads", cmd[cmd.index("--threads") + 1]]
     print(f"== {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     before, load0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg(), time.time()
-    # a fidelity study takes several processes at once (each claims the next unit): one per worker
-    procs = [subprocess.Popen(cmd, cwd=ROOT) for _ in range(workers if "--fidelity" in cmd else 1)]
+    # a fidelity study or retrained picks take several processes at once (each claims the next unit)
+    parallel = "--fidelity" in cmd or "--retrain-picks" in cmd
+    procs = [subprocess.Popen(cmd, cwd=ROOT) for _ in range(workers if parallel else 1)]
     code = max(p.wait() for p in procs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if (out / "cost.json").is_file():           # another instance may have recorded its steps meanwhile
+        cost.update({k: v for k, v in json.loads((out / "cost.json").read_text()).items() if k != name})
     prev = cost.get(name, {})
     cost[name] = {"command": " ".join(shlex.quote(c) for c in cmd), "processes": len(procs), "exit_code": code,
                   "done": code == 0,
