@@ -1,7 +1,6 @@
 """Ranking fidelity and the search comparison (benchmarks/fidelity.py, benchmarks/quality.py,
 evaluation.kendall_tau / spearman_rho): the statistics on hand-made rankings, the choice of
 architectures, a fidelity study that resumes bit for bit, and one line for bad input."""
-import json
 import math
 
 import numpy as np
