@@ -296,7 +296,7 @@ def plot(doc: dict, out: Path, log=print) -> None:
         ax.set(xlabel=f"super-network, D_val ({label})", ylabel=f"stand-alone, test ({label})",
                title=f"{label}: Kendall tau {_ci(a, 'tau')}")
     fig.suptitle(f"ranking fidelity: {doc['archs']} architectures, {doc['epochs']} epochs x {doc['seeds']} seed(s)"
-                 f" (grey: the seeds' range)", fontsize=10)
+                 + (" (grey: the seeds' range)" if doc["seeds"] > 1 else ""), fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -97,7 +97,8 @@ def steps(out: Path, a) -> list[tuple[str, list[str], Path]]:
                "--threads", str(a.threads)], "copy"),
              (f"fidelity, {2 * a.supernet_epochs} epochs", [py, "bench.py", "--fidelity", str(longer), *fid, *same],
               None)]
-    for name, extra in (("train-portion-0.6", ["--train-portion", "0.6"]),):
+    for name, extra in (("train-portion-0.6", ["--train-portion", "0.6"]), ("cosine", ["--supernet-schedule", "cosine"]),
+                        ("fair", ["--path-sampling", "fair"])):
         run = out / f"supernet-{name}"
         todo += [(f"super-network, {name}", [py, "train.py", "--dataset", data, "--stage", "supernet",
                                             "--supernet-epochs", str(a.supernet_epochs), *net, *watch, *extra,
