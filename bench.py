@@ -9,6 +9,8 @@
     python3 bench.py --amp bf16                        # convolutions and classifier under bf16 autocast
     python3 bench.py --end-to-end synthetic            # training fed by data.py vs one batch on the device
     python3 bench.py --original ../AutoSNN --original-site ~/.cache/autosnn-peer-site   # beside the original
+    python3 bench.py --fidelity runs/X --archs 12 --epochs 10     # super-network ranking vs stand-alone training
+    python3 bench.py --search-quality runs/X --seeds 3            # evolution vs random vs pareto, paired by seed
 
 --original PATH times the original AutoSNN code (github nabk89/AutoSNN, a checkout at PATH; it needs
 spikingjelly 0.0.0.0.2, e.g. `pip install --no-deps --target DIR spikingjelly==0.0.0.0.2` and
@@ -45,10 +47,9 @@ import copy
 import json
 import os
 import random
-import statistics
 import sys
 import time
-from pathlib import Path
+from dataclasses import fields
 
 import torch
 
@@ -57,14 +58,12 @@ from benchmarks.measure import VAL_IMAGES, evolution_pool, inputs, peak_mib, res
 from benchmarks.original import beside_original, original_table
 from data import load_dataset
 from evaluation import evaluate_pool
-from evolve import SearchConfig
 from fast.compiled import compile_network
 from fast.graphs import WARMUP, GraphedSteps
 from fast.steps import use_step_layers
 from files import AutoSNNError, Parser
 from neurons import Neuron
 from plumbing.config import check_threads, resolve_device, tune_cpu_allocator, user_error
-from plumbing.rundir import flat_config, load_checkpoint, load_state
 from search_space import resolve_arch, sample_arch
 
 
@@ -344,94 +343,46 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def search_quality(args) -> int:
-    """bench.py --search-quality RUN: the three search algorithms on one trained super-network, at
-    the same budget (--pool architectures x the run's --iterations; 3 with --quick), over --seeds
-    search seeds (0, 1, ...). topk, mutations and crossovers are each half the pool, the paper's
-    proportions (20: 10, 10, 10); lambda is -0.08 for all three (pareto uses it for --pick only).
-    An architecture evaluated once is not evaluated again for another algorithm or seed: in eval mode
-    its numbers are the same.
+def options_from(parser, *kinds) -> None:
+    """Add each field of the dataclasses `kinds` as --name-with-dashes (once; absent unless given, so
+    each dataclass keeps its own default)."""
+    have = set(parser._option_string_actions)
+    g = parser.add_argument_group("--fidelity / --search-quality options")
+    for kind in kinds:
+        for f in fields(kind):
+            name = "--" + f.name.replace("_", "-")
+            if name not in have:
+                have.add(name)
+                g.add_argument(name, dest=f.name, type=type(f.default), default=argparse.SUPPRESS,
+                               help=f"{f.metadata.get('help', '')} (default {f.default!r})".replace("%", "%%"))
 
-    Per algorithm, the mean and standard deviation over seeds of
-      hypervolume   of the accuracy-spikes front of everything the search evaluated, against the
-                    reference point (accuracy 0, 2 x the super-network's mean spikes per image);
-      best acc      the best accuracy within each of three spike budgets: the 25th, 50th and 75th
-                    percentiles of the spikes of every architecture any of the searches evaluated."""
-    from evaluation import evaluate_archs
-    from evolve import run_search
-    from pareto import hypervolume, make_search
-    path = Path(args.search_quality) / "supernet.pt"
+
+def measure_searches(args, mode: str) -> int:
+    """--fidelity / --search-quality: the options of that mode only, one line for any error."""
+    from benchmarks.fidelity import FidelityConfig, fidelity
+    from benchmarks.fidelity import text as fidelity_text
+    from benchmarks.quality import QualityConfig, search_quality
+    from benchmarks.quality import text as quality_text
+    from benchmarks.standalone import say
+    kind = FidelityConfig if mode == "fidelity" else QualityConfig
+    mine = {f.name for f in fields(kind)}
+    others = {f.name for k in (FidelityConfig, QualityConfig) for f in fields(k)} - mine
+    given = sorted(n for n in others if hasattr(args, n))
     try:
-        if not path.is_file():
-            raise ValueError(f"{path} not found: give a run folder whose super-network stage has run")
-        if args.pool < 2 or args.seeds < 1:
-            raise ValueError(f"--pool must be >= 2 and --seeds >= 1 (got {args.pool}, {args.seeds})")
-        ck = load_checkpoint(path, "supernet")               # a damaged or foreign file: one line
-        r, portion = flat_config(ck["config"], path), ck["config"]["supernet"]["train_portion"]
-        ds = load_dataset(r["dataset"], r["data_root"], False, r["T"], r["split_by"], r["n_train"] or None,
-                          r["n_test"] or None)
-        net = SpikingNetwork(r["backbone"], ds.num_classes, None, r["T"], ds.input_shape, r["neuron"], r["tau0"],
-                             r["v_th"])
-        load_state(net, ck["model"], path)                   # a super-network of another width: one line
-    except (ValueError, OSError, KeyError) as e:
+        if given:
+            raise AutoSNNError(f"--{given[0].replace('_', '-')} is not an option of --{mode.replace('_', '-')}")
+        opts = kind(**{n: getattr(args, n) for n in mine if hasattr(args, n)})
+        if mode == "fidelity":
+            doc = fidelity(args.fidelity, opts, args.threads, args.device)
+        else:
+            doc = search_quality(args.search_quality, opts, args.pool, args.quick, args.threads, args.device)
+    except AutoSNNError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    net = net.to(device)
-    _, d_val = ds.search_split(portion)
-    val = list(d_val.batches(r["eval_batch_size"] or r["batch_size"], device=device))
-    norm, cache = float(ck["spike_norm"]), {}
-
-    def evaluate(archs):
-        new = [a for a in archs if str(a) not in cache]
-        for a, res in zip(new, evaluate_archs(net, new, lambda: val) if new else []):
-            cache[str(a)] = res
-        return [cache[str(a)] for a in archs]
-
-    iterations = 3 if args.quick else ck["config"]["search"]["iterations"]
-    half = args.pool // 2
-    runs = {}
-    start = time.perf_counter()
-    for algo in ("evolution", "random", "pareto"):
-        for seed in range(args.seeds):
-            cfg = SearchConfig(search_algo=algo, iterations=iterations, pool=args.pool, topk=half,
-                               mutations=half, crossovers=half, lam=-0.08, search_seed=seed)
-            s = make_search(net.backbone, cfg, norm, random.Random(seed))
-            run_search(s, evaluate, log=lambda line: None)
-            runs[algo, seed] = s.history
-    every = sorted(h["spikes"] for hist in runs.values() for h in hist)
-    budgets = [every[int(q * (len(every) - 1))] for q in (0.25, 0.5, 0.75)]
-    ref = 2 * norm
-    rows = {}
-    for algo in ("evolution", "random", "pareto"):
-        hv = [hypervolume(runs[algo, s], 0.0, ref) for s in range(args.seeds)]
-        best = [[max((h["acc"] for h in runs[algo, s] if h["spikes"] <= b), default=float("nan"))
-                 for s in range(args.seeds)] for b in budgets]
-        rows[algo] = {"hypervolume": hv, "best_acc_at_budget": best,
-                      "evaluated": [len(runs[algo, s]) for s in range(args.seeds)]}
-    res = {"run": str(args.search_quality), "dataset": r["dataset"], "backbone": r["backbone"], "T": r["T"],
-           "val_images": sum(len(y) for _, y in val), "pool": args.pool, "iterations": iterations,
-           "seeds": args.seeds, "lam": -0.08, "spike_norm": norm, "reference": {"acc": 0.0, "spikes": ref},
-           "budgets": budgets, "distinct_archs_evaluated": len(cache), "device": str(device),
-           "threads": torch.get_num_threads(), "wall_s": time.perf_counter() - start, "algorithms": rows}
-    if args.json:
-        print(json.dumps(res, indent=1))
-        return 0
-
-    def ms(xs):
-        xs = [x for x in xs if x == x]
-        return f"{statistics.mean(xs):.4g} +- {statistics.pstdev(xs):.2g}" if xs else "-"
-
-    print(f"search quality on {res['run']} ({r['dataset']}, {r['backbone']}, T={r['T']}, {res['val_images']} "
-          f"D_val images): {args.pool} x {iterations} evaluations per search, seeds 0..{args.seeds - 1}, "
-          f"{device}, {res['wall_s']:.0f}s")
-    print(f"hypervolume reference: accuracy 0, {ref:.6g} spikes per image (2 x the super-network's mean); "
-          f"budgets (spikes per image): " + ", ".join(f"{b:.6g}" for b in budgets))
-    print(f"{'algorithm':10} {'hypervolume':>20} " + " ".join(f"{'acc@' + format(b, '.4g'):>18}" for b in budgets))
-    for algo, row in rows.items():
-        print(f"{algo:10} {ms(row['hypervolume']):>20} " + " ".join(f"{ms(b):>18}" for b in row["best_acc_at_budget"]))
+    except KeyboardInterrupt:
+        say("\ninterrupted; rerun the same command to continue where it stopped")
+        return 130
+    print(json.dumps(doc, indent=1) if args.json else (fidelity_text if mode == "fidelity" else quality_text)(doc))
     return 0
 
 
@@ -444,13 +395,12 @@ def check_args(args, given: set) -> None:
     """bench.py's options, checked as train.py checks its own (plumbing/config.py's rules where they are
     the same option), before anything runs. given: the options typed. Raises AutoSNNError."""
     clash = sorted(f"--{k.replace('_', '-')}" for k in QUICK if f"--{k.replace('_', '-')}" in given)
-    if args.quick and clash and not args.search_quality:      # --search-quality --quick: 3 iterations only
+    if args.quick and clash and not (args.search_quality or args.fidelity):   # there --quick: 3 iterations only
         raise AutoSNNError(f"--quick sets {', '.join(clash)} itself (to {', '.join(str(QUICK[c[2:].replace('-', '_')]) for c in clash)}); "
                            f"drop {' and '.join(clash)} or drop --quick")
     resolve_device(args.device)
     check_threads(args.threads)
-    for name, low in (("T", 1), ("batch", 1), ("reps", 1), ("warmup", 0), ("pool", 1), ("search_images", 1),
-                      ("seeds", 1)):
+    for name, low in (("T", 1), ("batch", 1), ("reps", 1), ("warmup", 0), ("pool", 1), ("search_images", 1)):
         if getattr(args, name) < low:
             raise AutoSNNError(f"--{name.replace('_', '-')} must be an integer >= {low} (got {getattr(args, name)})")
     for name in ("scale_T", "scale_batch"):
@@ -491,17 +441,23 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--search-quality", metavar="RUN", help="instead: evolution, random and pareto search on "
-                   "RUN's super-network at the same budget (see search_quality)")
-    p.add_argument("--seeds", type=int, default=3, help="search seeds for --search-quality (default 3)")
+                   "RUN's super-network at the same budget, paired by seed (benchmarks/quality.py)")
+    p.add_argument("--fidelity", metavar="RUN", help="instead: RUN's super-network's ranking of architectures "
+                   "against training them stand-alone (benchmarks/fidelity.py)")
+    from benchmarks.fidelity import FidelityConfig
+    from benchmarks.quality import QualityConfig
+    options_from(p, FidelityConfig, QualityConfig)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.fidelity and args.search_quality:
+        p.error("give one of --fidelity and --search-quality")
     try:
         check_args(args, {a.split("=")[0] for a in argv if a.startswith("--")})
     except ValueError as e:                     # AutoSNNError included: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.search_quality:
-        return search_quality(args)
+    if args.fidelity or args.search_quality:
+        return measure_searches(args, "fidelity" if args.fidelity else "search_quality")
     vars(args).update(QUICK if args.quick else {})
     try:
         res = beside_original(args) if args.original else run(args)

@@ -1,7 +1,8 @@
 """Datasets for AutoSNN: static images, neuromorphic recordings and synthetic data, as device batches.
 
 Owns (paper sections 5 and 7): the datasets CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
-DVS128-Gesture as labelled splits, the search split (first 80% of the training set by index = D_train,
+DVS128-Gesture as labelled splits, a dataset of your own as one .npz file (`npz:PATH`, formats/npz.py:
+normalised with its training split's mean and std), the search split (first 80% of the training set by index = D_train,
 last 20% = D_val), batch-wise augmentation on the device, and two synthetic datasets that need no files.
 Where the files lie, download, checksums and the readers of each on-disk format are formats/readers.py's (its
 docstring lists the expected layout under `root`); event-camera files, events -> frames and the frame
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 
 from files import AutoSNNError
-from formats import events, readers
+from formats import events, npz, readers
 
 
 DATASETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "cifar10dvs", "dvs128gesture", "synthetic",
@@ -176,7 +177,8 @@ class Split:
 
     labels: int64 [N]. Samples come from `images` (in memory; static uint8 [N, C, H, W], event counts
     [N, T, 2, H, W]) or `files` (one cached .npz per event sample, read per batch so memory stays bounded).
-    augment: random crop (static data with `crop`) + horizontal flip. cutout: square side, 0 = off.
+    augment: random crop (static data with `crop`) + horizontal flip (unless hflip is False). cutout: square side,
+    0 = off.
     mean/std: per-channel normalisation of static data (None for event data).
     log: where a notice goes (samples that do not fit on the device), None: nowhere.
     sample_shape: the [T, 2, H, W] every sample read from `files` must have (a damaged cache: one line).
@@ -192,6 +194,7 @@ class Split:
     augment: bool = False
     crop: bool = True
     cutout: int = 0
+    hflip: bool = True
     log: Callable[[str], None] | None = field(default=None, repr=False)
     sample_shape: tuple | None = None
     _copies: dict = field(default_factory=dict, repr=False)
@@ -293,7 +296,8 @@ class Split:
         if self.augment:
             if self.crop and not self.is_event:
                 x = crop_padded(x, d[:, 0:2], CROP_PAD)
-            x = flip_where(x, d[:, 2].bool())
+            if self.hflip:              # drawn either way: one order of draws for every dataset
+                x = flip_where(x, d[:, 2].bool())
         if not self.is_event:
             x = (x - on.mean) / on.std
         if self.cutout:
@@ -336,12 +340,12 @@ class Dataset:
 def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, split_by: str = "number",
                  n_train: int | None = None, n_test: int | None = None, seed: int = 0, cutout: int = 0,
                  sources: dict | None = None, log: Callable[[str], None] | None = None) -> Dataset:
-    """Load `name` (one of DATASETS). T and split_by apply to event data; n_train/n_test/seed to the
+    """Load `name` (one of DATASETS, or npz:PATH: formats/npz.py). T and split_by apply to event data; n_train/n_test/seed to the
     synthetic sets (default 2000/500); cutout is the default for split("train"); sources overrides
     readers.SOURCES entries ({file name: (url, md5)}) for download and checksum checks. log(str) receives
     the notices of loading and of the splits' batches (None: silent)."""
-    if name not in DATASETS:
-        raise AutoSNNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name not in DATASETS and npz.path_of(name) is None:
+        raise AutoSNNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, npz:PATH")
     if not isinstance(T, int) or T < 1:
         raise AutoSNNError(f"T must be a positive integer, got {T!r}")
     if split_by not in ("number", "time"):
@@ -356,6 +360,8 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
         (xtr, ytr), (xte, yte) = make(n_train, [seed, 0]), make(n_test, [seed, 1])
         return _in_memory(name, 10, xtr, ytr, xte, yte, cutout, log, is_event=name == "synthetic-dvs",
                           crop=False)       # the synthetic classes are positions: flips only
+    if npz.path_of(name) is not None:
+        return _npz_dataset(name, T, cutout, log)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise AutoSNNError(f"the data root {root} is a file, not a folder; pass a folder (train.py: --data-root)")
@@ -365,14 +371,29 @@ def load_dataset(name: str, root="./data", download: bool = False, T: int = 8, s
     return _in_memory(name, {"cifar100": 100, "tinyimagenet": 200}.get(name, 10), xtr, ytr, xte, yte, cutout, log)
 
 
-def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, log, is_event=False, crop=True) -> Dataset:
+def _in_memory(name, num_classes, xtr, ytr, xte, yte, cutout, log, is_event=False, crop=True, norm=None,
+               hflip=True) -> Dataset:
     for labels, what in ((ytr, "training"), (yte, "test")):
         if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
             raise AutoSNNError(f"{name}: {what} labels must be non-empty and in [0, {num_classes})")
-    mean, std = (None, None) if is_event else NORMALISATION[name]
+    mean, std = (None, None) if is_event else (norm or NORMALISATION[name])
     make = lambda x, y: Split(torch.from_numpy(np.asarray(y, np.int64)), images=torch.from_numpy(x),
-                              is_event=is_event, mean=mean, std=std, crop=crop, log=log)
+                              is_event=is_event, mean=mean, std=std, crop=crop, hflip=hflip, log=log)
     return Dataset(name, num_classes, tuple(xtr.shape[1:]), is_event, make(xtr, ytr), make(xte, yte), cutout)
+
+
+def _npz_dataset(name: str, T: int, cutout: int, log) -> Dataset:
+    """A dataset of your own (formats/npz.py): normalised with the mean and std of its training split."""
+    d = npz.read_npz(npz.path_of(name), T)
+    (xtr, ytr), (xte, yte) = d["train"], d["test"]
+    norm = None if d["is_event"] else npz.normalisation(xtr, name)
+    if log is not None:
+        log(f"{name}: {len(ytr)} training and {len(yte)} test samples ({d['split']}), {d['num_classes']} classes, "
+            + ("event frames" if d["is_event"] else f"normalised with the training split's mean "
+               f"{', '.join(f'{m:.4f}' for m in norm[0])} and std {', '.join(f'{s:.4f}' for s in norm[1])}")
+            + ("" if d["hflip"] else "; no training flip (hflip = 0)"))
+    return _in_memory(name, d["num_classes"], xtr, ytr, xte, yte, cutout, log, d["is_event"], norm=norm,
+                      hflip=d["hflip"])
 
 
 # ----------------------------------------------------------------------------------------------------------

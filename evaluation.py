@@ -1,5 +1,7 @@
 """Evaluating architectures with a trained super-network's weights (paper sec. 4: D_val accuracy
-and spikes per image of each candidate path), and re-estimating BN statistics of one path.
+and spikes per image of each candidate path), re-estimating BN statistics of one path, watching a
+fixed set of paths while the super-network trains, and the rank agreement of two rankings
+(Kendall's tau-b, Spearman's rho) that says whether the super-network ranks paths as training would.
 
 evaluate_pool runs a whole pool per validation batch and computes every shared prefix (the stem and
 each identical leading sequence of blocks) only once; it gives the same numbers as evaluating each
@@ -8,11 +10,15 @@ on the device until the one read at the end.
 """
 from __future__ import annotations
 
+import random
+import statistics
+
+import numpy as np
 import torch
 
 from autosnn import SpikingNetwork, predict, sum_over_steps
 from layers import TimeBatchNorm
-from search_space import parse_arch
+from search_space import Arch, Backbone, parse_arch, sample_arch
 from spikes import SpikeStats
 
 
@@ -146,3 +152,77 @@ def evaluate_archs(supernet: SpikingNetwork, archs: list, val_batches, recalib_b
             row.update({k: r["energy"][k] for k in ("sops", "energy_uj", "ann_energy_uj")})
         flat.append(row)
     return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching the super-network learn; rank agreement
+# ---------------------------------------------------------------------------------------------
+
+def distinct_archs(backbone: Backbone, k: int, rng: random.Random) -> list[Arch]:
+    """k different architectures drawn uniformly (fewer only if the space holds fewer)."""
+    out, seen = [], set()
+    while len(out) < min(k, backbone.size):
+        a = sample_arch(backbone, rng)
+        if str(a) not in seen:
+            seen.add(str(a))
+            out.append(a)
+    return out
+
+
+def watch(supernet: SpikingNetwork, archs: list, val_batches, recalib_batches, previous: list | None) -> dict:
+    """Evaluate the fixed paths `archs` on D_val as the search would (each a child copy, its BN
+    statistics re-estimated when recalib_batches is given) and summarise: val_acc and val_spikes
+    (mean over the paths), their standard deviations, the per-path lists, and val_tau, Kendall's
+    tau-b between these accuracies and `previous` (the last evaluation's per-path accuracies; None
+    when there is none or either side is tied throughout, e.g. every path at chance). The super-network, its BN statistics and every random generator training
+    draws from (Python's, torch's) are left as they were: a run with and without watching trains
+    the same weights."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):          # building child copies draws initial weights
+        rows = evaluate_archs(supernet, archs, val_batches, recalib_batches)
+    random.setstate(state)
+    acc, spikes = [r["acc"] for r in rows], [r["spikes"] for r in rows]
+    tau = None if previous is None else kendall_tau(previous, acc)
+    return {"val_acc": statistics.fmean(acc), "val_acc_sd": statistics.pstdev(acc),
+            "val_spikes": statistics.fmean(spikes), "val_spikes_sd": statistics.pstdev(spikes), "val_tau": None if tau is None or tau != tau else tau,
+            "val_path_acc": acc, "val_path_spikes": spikes}
+
+
+def mean_ranks(v) -> np.ndarray:
+    """Ranks 1..n of the values v, ties given the mean of the ranks they span."""
+    v = np.asarray(v, float)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    sv = v[order]
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b of paired values: (concordant - discordant) / sqrt((n0 - n1) (n0 - n2)),
+    n0 = n(n-1)/2 pairs, n1 / n2 the pairs tied in x / in y. In [-1, 1]; nan when either side is
+    constant (no ranking to compare) or fewer than 2 pairs. O(n^2): meant for tens of values."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"kendall_tau needs two equally long lists, got shapes {x.shape} and {y.shape}")
+    i, j = np.triu_indices(len(x), 1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    n0, n1, n2 = len(i), int((sx == 0).sum()), int((sy == 0).sum())
+    denom = np.sqrt(float(n0 - n1) * float(n0 - n2))
+    return float((sx * sy).sum() / denom) if denom > 0 else float("nan")
+
+
+def spearman_rho(x, y) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks (ties: mean ranks). nan when a side is constant."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"spearman_rho needs two equally long lists, got shapes {x.shape} and {y.shape}")
+    rx, ry = mean_ranks(x) - (len(x) + 1) / 2, mean_ranks(y) - (len(y) + 1) / 2
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")

@@ -17,7 +17,7 @@ random architectures for all three.
   pareto     (pareto.ParetoSearch) NSGA-II over accuracy and spikes: the same operators, other parents.
 Every record keeps its fitness, so any algorithm's history can be re-ranked (`rerank`). The
 architecture to retrain is pareto.pick(history, --pick): lambda (the fittest: the paper's choice),
-knee, or budget:SPIKES.
+knee[:F], or budget:SPIKES.
 
 Evaluation (evaluation.py) runs a whole pool per validation batch and computes every shared prefix
 once. Generations are numbered from 1 everywhere (generation 1 = the initial random pool):
@@ -80,21 +80,24 @@ def check_objectives(text: str) -> tuple:
     return names
 
 
+KNEE_FLOOR = 0.5      # --pick knee ignores front points below this fraction of the best accuracy
+
+
 def parse_pick(text: str) -> tuple[str, float | None]:
-    """'lambda' | 'knee' | 'budget:SPIKES' -> (rule, budget or None)."""
+    """'lambda' | 'knee[:F]' | 'budget:SPIKES' -> (rule, None | the knee's accuracy floor F | the budget)."""
     text = str(text)
     if text in ("lambda", "knee"):
-        return text, None
-    if text.startswith("budget:"):
-        try:
-            budget = float(text[len("budget:"):])
-        except ValueError:
-            budget = math.nan
-        if math.isfinite(budget) and budget >= 0:
-            return "budget", budget
-    raise AutoSNNError(f"--pick {text!r} is not lambda, knee or budget:SPIKES (a number >= 0, "
-                       f"spikes per image, e.g. budget:60000)")
-
+        return text, KNEE_FLOOR if text == "knee" else None
+    for rule, ok in (("budget", lambda v: v >= 0), ("knee", lambda v: 0 < v <= 1)):
+        if text.startswith(rule + ":"):
+            try:
+                value = float(text[len(rule) + 1:])
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value) and ok(value):
+                return rule, value
+    raise AutoSNNError(f"--pick {text!r} is not lambda, knee, knee:F (a fraction in (0, 1]) or budget:SPIKES "
+                       f"(a number >= 0, spikes per image, e.g. budget:60000)")
 
 
 @dataclass
@@ -115,7 +118,8 @@ class SearchConfig:
         "help": "pareto search objectives: acc,spikes or acc,spikes,sops (synaptic operations)"})
     pick: str = field(default="lambda", metadata={
         "help": "architecture to retrain from the accuracy-spikes front: lambda (the fittest under --lam), "
-                "knee, or budget:SPIKES (the most accurate with at most SPIKES spikes per image)"})
+                "knee (of the front at or above half the best accuracy; knee:F: above F x the best), or "
+                "budget:SPIKES (the most accurate with at most SPIKES spikes per image)"})
     search_seed: int = field(default=99, metadata={"help": "seed of the search's random choices"})
     bn_recalib: int = field(default=0, metadata={
         "help": "training batches to re-estimate BN statistics before each evaluation (0: none, as the paper)"})

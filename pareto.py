@@ -1,6 +1,6 @@
 """The accuracy-spikes trade-off of a search: non-dominated sorting, crowding distance, NSGA-II
 survivor and parent selection (ParetoSearch), the Pareto front, its 2-D hypervolume, and the rules
-that pick one architecture from the front (--pick lambda | knee | budget:SPIKES) for every search.
+that pick one architecture from the front (--pick lambda | knee[:F] | budget:SPIKES) for every search.
 
 Objectives are always minimised here: a record {acc, spikes, sops, ...} becomes the point
 (-acc, spikes[, sops]) (see `point`). Point p dominates q when p is no worse in every objective
@@ -133,10 +133,19 @@ def hypervolume(records: list[dict], ref_acc: float, ref_spikes: float) -> float
     return area
 
 
-def knee(front: list[dict]) -> dict:
-    """The knee of a 2-D accuracy-spikes front: with both axes scaled to [0, 1] over the front,
-    the point farthest from the straight line between the fewest-spikes and the most-accurate ends
-    (ties: the more accurate, then fewer spikes). A front of one or two points: its most accurate."""
+def knee(front: list[dict], floor: float = 0.0) -> dict:
+    """The knee of a 2-D accuracy-spikes front: of its points with accuracy >= floor x the best
+    accuracy, with both axes scaled to [0, 1] over those points, the one farthest from the straight
+    line between the fewest-spikes and the most-accurate ends (ties: the more accurate, then fewer
+    spikes). Fewer than three such points: the most accurate.
+
+    Why the floor (--pick knee uses 0.5, evolve.KNEE_FLOOR): a front's cheap end is often networks
+    that barely work (near chance, a few spikes, e.g. a path whose layers are almost silent). With
+    them in the scaling, the line's low end sits at chance, and the farthest point becomes the first
+    network that works at all (a 34%-accurate one was picked this way), not the bend a reader sees
+    among the usable networks. Half the best accuracy keeps every network worth considering."""
+    best = max(r["acc"] for r in front)
+    front = [r for r in front if r["acc"] >= floor * best]
     lo, hi = min(front, key=lambda r: (r["spikes"], -r["acc"])), max(front, key=lambda r: (r["acc"], -r["spikes"]))
     ds = (hi["spikes"] - lo["spikes"]) or 1.0
     da = (hi["acc"] - lo["acc"]) or 1.0
@@ -152,20 +161,20 @@ def knee(front: list[dict]) -> dict:
 def pick(records: list[dict], rule: str) -> dict:
     """One record of the accuracy-spikes front of `records` under --pick `rule`:
       lambda         the largest "fitness" (the paper's, with the search's lambda); ties: earlier
-      knee           see knee()
+      knee[:F]       knee() of the front with accuracy >= F x the best (F: 0.5 by default)
       budget:SPIKES  the most accurate with spikes <= SPIKES; ties: fewer spikes
     The fittest record under lambda <= 0 is on the front already; looking only at the front
     changes the answer only for a tie in fitness with a record that dominates it."""
-    kind, budget = parse_pick(rule)
+    kind, value = parse_pick(rule)
     front = pareto_front(records)
     if not front:
         raise AutoSNNError("no evaluated architecture to pick from")
     if kind == "knee":
-        return knee(front)
+        return knee(front, value)
     if kind == "budget":
-        under = [r for r in front if r["spikes"] <= budget]
+        under = [r for r in front if r["spikes"] <= value]
         if not under:
-            raise AutoSNNError(f"no architecture has spikes per image <= {budget:.6g} (the fewest is "
+            raise AutoSNNError(f"no architecture has spikes per image <= {value:.6g} (the fewest is "
                                f"{front[0]['spikes']:.6g}): raise the budget in --pick budget:SPIKES")
         return max(under, key=lambda r: (r["acc"], -r["spikes"]))
     order = {id(r): i for i, r in enumerate(records)}

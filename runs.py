@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop architectures whose cost is above this")
     r.add_argument("--top", type=int, default=10, help="how many to print (default 10)")
     r.add_argument("--pick", default=None, help="instead: the one architecture of the accuracy-spikes front "
-                   "under lambda, knee or budget:SPIKES (lambda: the search's own fitness)")
+                   "under lambda, knee[:F] or budget:SPIKES (lambda: the search's own fitness)")
     pl = sub.add_parser("plot", help="redraw pareto.png and curves.png of a run folder")
     pl.add_argument("run", type=Path, help="run folder")
     ex = sub.add_parser("export", help="print the architecture found and the command that retrains it; "

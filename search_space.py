@@ -146,6 +146,22 @@ def sample_arch(backbone: Backbone, rng: random.Random) -> Arch:
     return Arch(rng.choice(backbone.candidates) for _ in backbone.searched)
 
 
+def balanced_paths(backbone: Backbone, rng: random.Random):
+    """draw() -> the next path of a balanced sequence: each block of len(candidates) consecutive paths
+    uses every candidate at every searched position exactly once (a random permutation per position
+    per block). The sampling of FairNAS (Chu et al., 2021, "strict fairness"); FairNAS also sums the
+    block's gradients into one update, which a caller may or may not do."""
+    block: list = []
+
+    def draw() -> Arch:
+        if not block:
+            columns = [rng.sample(backbone.candidates, len(backbone.candidates)) for _ in backbone.searched]
+            block.extend(Arch(names) for names in zip(*columns))
+            block.reverse()
+        return block.pop()
+    return draw
+
+
 def all_archs(backbone: Backbone):
     """Every architecture of the backbone, in base-len(candidates) order (first position slowest)."""
     for names in itertools.product(backbone.candidates, repeat=len(backbone.searched)):

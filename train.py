@@ -41,7 +41,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from autosnn import SpikingNetwork, count_parameters, predict, rate_loss
     from baselines import HandcraftedSNN
     from data import load_dataset
-    from evaluation import evaluate_archs, evaluate_model
+    from evaluation import distinct_archs, evaluate_archs, evaluate_model, watch
     from evolve import run_search
     from fast.steps import use_step_layers
     from fast.compiled import compile_network
@@ -55,9 +55,9 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from plumbing.memory import (BYTES_PER_PARAMETER, activation_bytes, check_data, check_fits, held_bytes,
                                   host_bytes)
     from plumbing.plots import plot_run
-    from plumbing.rundir import (CHECKPOINTS, Run, load_checkpoint, load_state, load_supernet, now, resolve,
-                                 rng_states, set_rng_states, writing)
-    from search_space import get_backbone, resolve_arch, sample_arch
+    from plumbing.rundir import (CHECKPOINTS, Run, load_checkpoint, load_state, load_supernet, now,
+                                 resolve, rng_states, set_rng_states, writing)
+    from search_space import balanced_paths, get_backbone, resolve_arch, sample_arch
     from spikes import E_AC, E_MAC, silent_layers
 except KeyboardInterrupt:
     print("\ninterrupted while loading; nothing was saved", file=sys.stderr)
@@ -318,11 +318,13 @@ def check_epoch(net, m: dict, history: list, what: str, ckpt, run: Run) -> None:
 
 def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epochs: int, seed: int, label: str,
         path_rng: random.Random | None = None, scheduler=None, evaluate=None, every: int = 1, extra=None,
-        steps=None):
+        watcher=None, watch_every: int = 0, sampler=None, steps=None):
     """The epoch loop of the super-network (kind "supernet": a path drawn from path_rng per batch) and
     of retraining ("retrain": one network; evaluate() on the test set every `every` epochs and after
-    the last). Resumes from run/<CHECKPOINTS[kind]> when it exists; checkpoints after every epoch.
-    steps: CUDA-graph forms of the training step (fast.graphs.GraphedSteps), or None.
+    the last). watcher(history) -> metrics to add, every `watch_every` epochs and after the last (the
+    super-network's fixed paths on D_val). sampler(): a fresh path chooser per epoch (instead of
+    uniform draws from path_rng). steps: CUDA-graph forms of the training step (fast.graphs.GraphedSteps),
+    or None. Resumes from run/<CHECKPOINTS[kind]> when it exists; checkpoints after every epoch.
     Returns (the last checkpoint, the last evaluation or None)."""
     r, what = cfg.run, {"supernet": "super-network", "retrain": "retraining"}[kind]
     ckpt = run.path / CHECKPOINTS[kind]
@@ -355,6 +357,8 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
         t0 = time.time()
         batches = split.batches(r.batch_size, shuffle=True, generator=data_gen, device=env.device)
         sample = (lambda: sample_arch(net.backbone, path_rng)) if path_rng is not None else (lambda: None)
+        if sampler is not None:
+            sample = sampler()
         m = train_epoch(net, optimizer, batches, nb, sample, run, r.log_every, what, env.autocast,
                         env.compile and epoch == first, (start, first, epoch, epochs), steps)
         if scheduler is not None:
@@ -365,12 +369,17 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
         if evaluate and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
             final = evaluate()
             m.update(test_acc=final["acc"], test_spikes=final["spikes"], test_neuron_spikes=final["neuron_spikes"])
+        if watcher and watch_every and ((epoch + 1) % watch_every == 0 or epoch + 1 == epochs):
+            m.update(watcher(history))
         m["epoch_s"] = time.time() - t0
         wall += m["epoch_s"]
         history.append(m)
         run.log(f"{what} epoch {epoch + 1}/{epochs}: loss {m['loss']:.4f} acc {m['acc']:.4f} "
                 f"spikes {m['spikes']:.0f} {m['img_per_s']:.0f} img/s"
                 + (f" | test acc {m['test_acc']:.4f} spikes {m['test_spikes']:.0f}" if "test_acc" in m else "")
+                + (f" | D_val, {len(m['val_path_acc'])} fixed paths: acc {m['val_acc']:.4f} +- {m['val_acc_sd']:.4f} "
+                   f"spikes {m['val_spikes']:.0f} +- {m['val_spikes_sd']:.0f}"
+                   + ", tau vs last " + ("-" if m["val_tau"] is None else f"{m['val_tau']:.2f}") if "val_acc" in m else "")
                 + f" | {progress(start, epoch + 1, first, epochs)}")
         run.metrics(stage=kind, **m)
         ck = {"kind": kind, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
@@ -397,14 +406,68 @@ def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
     r = cfg.run
     torch.manual_seed(r.seed)
     net = build_net(cfg, ds.num_classes, ds.input_shape).to(env.device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.supernet.supernet_lr)
-    d_train, _ = ds.search_split(cfg.supernet.train_portion)
-    ck, _ = fit(cfg, run, env, net, optimizer, "supernet", d_train, cfg.supernet.supernet_epochs, r.seed,
-                f"super-network {r.backbone}", path_rng=random.Random(r.seed),
-                extra={"num_classes": ds.num_classes, "input_shape": tuple(ds.input_shape)})
+    sn = cfg.supernet
+    optimizer = torch.optim.Adam(net.parameters(), lr=sn.supernet_lr)
+    # opt-in remedies for a super-network that ranks paths poorly; the paper's recipe is the default
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, sn.supernet_epochs)
+                 if sn.supernet_schedule == "cosine" else None)
+    path_rng = random.Random(r.seed)
+    sampler = (lambda: balanced_paths(net.backbone, path_rng)) if sn.path_sampling == "fair" else None
+    d_train, d_val = ds.search_split(sn.train_portion)
+    ck, _ = fit(cfg, run, env, net, optimizer, "supernet", d_train, sn.supernet_epochs, r.seed,
+                f"super-network {r.backbone}", path_rng=path_rng, scheduler=scheduler,
+                extra={"num_classes": ds.num_classes, "input_shape": tuple(ds.input_shape)},
+                watcher=make_watcher(cfg, net, d_train, d_val, env, run), watch_every=sn.watch_every,
+                sampler=sampler)
     run.save_network(net, "supernet_model.pt")
     run.log(f"super-network saved: {run.path / 'supernet_model.pt'}")
     return ck
+
+
+def make_watcher(cfg: Config, net, d_train, d_val, env: Env, run: Run):
+    """watcher(history) for fit: --watch-archs fixed paths (drawn from their own generator, seeded
+    by --seed) on the first --watch-images of D_val, each path's BN statistics re-estimated on the
+    same --watch-recalib training batches (a generator of their own), as evaluation.watch."""
+    sn, r = cfg.supernet, cfg.run
+    if not sn.watch_every:
+        return None
+    archs = distinct_archs(net.backbone, sn.watch_archs, random.Random(r.seed + 1))
+    val = d_val.subset(range(min(sn.watch_images, len(d_val))))
+    passes = len(archs) * (len(val) + sn.watch_recalib * r.batch_size)
+    run.log(f"watching {len(archs)} fixed paths on {len(val)} D_val images every {sn.watch_every} epoch(s), each "
+            f"after {sn.watch_recalib} BN re-estimation batches: {passes} images forward per evaluation, beside "
+            f"{len(d_train)} trained per epoch (a training step costs about 3 forwards)")
+
+    def recalib():
+        g = torch.Generator().manual_seed(r.seed + 1)
+        return itertools.islice(d_train.batches(r.batch_size, shuffle=True, generator=g, device=env.device),
+                                sn.watch_recalib)
+
+    def watcher(history):
+        last = next((h["val_path_acc"] for h in reversed(history) if "val_path_acc" in h), None)
+        with env.autocast():
+            return watch(net, archs, lambda: val.batches(env.eval_batch_size, device=env.device),
+                         recalib if sn.watch_recalib else None, last)
+    return watcher
+
+
+def search_evaluator(cfg: Config, net, ds, env: Env, bn_recalib: int | None = None):
+    """evaluate(archs) -> one record per architecture: the super-network `net` on D_val, as the search
+    evaluates (each path's BN statistics first re-estimated on the same --bn-recalib training batches,
+    when it is > 0; bn_recalib overrides it)."""
+    r, sc = cfg.run, cfg.search
+    n = sc.bn_recalib if bn_recalib is None else bn_recalib
+    d_train, d_val = ds.search_split(cfg.supernet.train_portion)
+
+    def recalib_batches():   # the same batches for every architecture
+        g = torch.Generator().manual_seed(sc.search_seed)
+        return itertools.islice(d_train.batches(r.batch_size, shuffle=True, generator=g, device=env.device), n)
+
+    def evaluate(archs):
+        with env.autocast():
+            return evaluate_archs(net, archs, lambda: d_val.batches(env.eval_batch_size, device=env.device),
+                                  recalib_batches if n else None)
+    return evaluate
 
 
 def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) -> str | None:
@@ -429,20 +492,10 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
         if not search.done:
             run.log(f"resuming the search after {len(search.history)} evaluated architectures")
     run.cut_metrics("search", "generation", search.generation)
-    d_train, d_val = ds.search_split(cfg.supernet.train_portion)
+    d_val = ds.search_split(cfg.supernet.train_portion)[1]
     if env.compile:
         compile_network(net, log=run.log)
-
-    def recalib_batches():   # the same batches for every architecture
-        g = torch.Generator().manual_seed(sc.search_seed)
-        return itertools.islice(d_train.batches(r.batch_size, shuffle=True, generator=g, device=env.device),
-                                sc.bn_recalib)
-
-    def evaluate(archs):
-        with env.autocast():
-            return evaluate_archs(net, archs, lambda: d_val.batches(env.eval_batch_size, device=env.device),
-                                  recalib_batches if sc.bn_recalib else None)
-
+    evaluate = search_evaluator(cfg, net, ds, env)
     last = [time.time()]
 
     def checkpoint(s):

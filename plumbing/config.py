@@ -24,6 +24,7 @@ import torch
 
 from baselines import BASELINES
 from data import DATASETS
+from formats.npz import path_of as npz_path
 from evolve import SearchConfig
 from files import AutoSNNError, Parser, check_name
 from neurons import NEURONS
@@ -46,7 +47,8 @@ def opt(default, help, **meta):
 class RunConfig:
     """What to run, on which data and model, on which device. Defaults are the paper's."""
     stage: str = opt("all", f"stage to run: {', '.join(STAGES)}")
-    dataset: str = opt("cifar10", f"one of {', '.join(DATASETS)}", model=True)
+    dataset: str = opt("cifar10", f"one of {', '.join(DATASETS)}, or npz:PATH (your own; docs/data.md)",
+                       model=True)
     data_root: str = opt("./data", "dataset folder", model=True)
     download: bool = opt(False, "download CIFAR/SVHN if missing")
     n_train: int = opt(0, "synthetic data: training images (0: the dataset's own number)", model=True)
@@ -87,6 +89,16 @@ class SupernetConfig:
     supernet_epochs: int = opt(600, "super-network training epochs")
     supernet_lr: float = opt(1e-3, "Adam learning rate")
     train_portion: float = opt(0.8, "fraction of the training set used as D_train (rest: D_val)", model=True)
+    supernet_schedule: str = opt("constant", "learning rate: constant (the paper's) or cosine (annealed to 0 "
+                                             "over --supernet-epochs)")
+    path_sampling: str = opt("uniform", "uniform (the paper's: each position drawn on its own) or fair: each "
+                                        "block of 5 consecutive batches uses every candidate at every position "
+                                        "once (FairNAS's sampling, without its gradient accumulation)")
+    watch_every: int = opt(1, "epochs between evaluations of --watch-archs fixed paths on D_val, logged with "
+                              "their spread and ranking change (0: off; the last epoch is always evaluated)")
+    watch_archs: int = opt(4, "fixed random paths (seeded by --seed) the super-network is watched on")
+    watch_images: int = opt(256, "D_val images they are evaluated on (the first ones)")
+    watch_recalib: int = opt(2, "training batches that re-estimate each path's BN statistics first (0: none)")
 
 
 @dataclass
@@ -175,7 +187,9 @@ def read_by(stages: tuple, algorithms: tuple | None = None):
 
 SEARCH_STAGES = ("all", "search")
 READ_BY = {
-    **{k: read_by(("all", "supernet")) for k in ("supernet_epochs", "supernet_lr")},
+    **{k: read_by(("all", "supernet")) for k in ("supernet_epochs", "supernet_lr", "supernet_schedule",
+                                                 "path_sampling", "watch_every", "watch_archs", "watch_images",
+                                                 "watch_recalib")},
     "train_portion": read_by(("all", "supernet", "search")),
     **{f.name: read_by(SEARCH_STAGES) for f in fields(SearchConfig)},
     **{k: read_by(("all", "retrain", "study")) for k in ("retrain_epochs", "retrain_lr", "optimizer", "eval_every")},
@@ -285,17 +299,19 @@ def check_config(cfg: Config) -> None:
 
     if r.stage not in STAGES:
         raise AutoSNNError(f"unknown stage {r.stage!r}; valid: {', '.join(STAGES)}")
-    if r.dataset not in DATASETS:
-        raise AutoSNNError(f"unknown dataset {r.dataset!r}; valid: {', '.join(DATASETS)}")
+    if r.dataset not in DATASETS and npz_path(r.dataset) is None:
+        raise AutoSNNError(f"unknown dataset {r.dataset!r}; valid: {', '.join(DATASETS)}, npz:PATH")
     user_error(get_backbone, r.backbone)
     if r.neuron not in NEURONS:
         raise AutoSNNError(f"unknown neuron {r.neuron!r}; valid: {', '.join(NEURONS)}")
     if r.neuron == "ann" and (r.T, se.lam) != (ANN_FIXED["T"], ANN_FIXED["lam"]):
         raise AutoSNNError(f"--neuron ann runs one step without spikes: it needs --T 1 and --lam 0 "
                            f"(got --T {r.T}, --lam {se.lam})")
-    for name in ("T", "batch_size", "supernet_epochs", "retrain_epochs", "eval_every"):
+    for name in ("T", "batch_size", "supernet_epochs", "retrain_epochs", "eval_every", "watch_archs",
+                 "watch_images"):
         need(values[name] >= 1, name, "an integer >= 1")
-    for name in ("eval_batch_size", "log_every", "cutout", "model_width", "n_train", "n_test"):
+    for name in ("eval_batch_size", "log_every", "cutout", "model_width", "n_train", "n_test", "watch_every",
+                 "watch_recalib"):
         need(values[name] >= 0, name, "an integer >= 0")
     for name in ("seed", "search_seed"):
         need(0 <= values[name] <= SEED_MAX, name, f"an integer in 0..{SEED_MAX}")
@@ -316,6 +332,8 @@ def check_config(cfg: Config) -> None:
     need(sn.supernet_lr > 0, "supernet_lr", "> 0")
     need(rc.retrain_lr > 0, "retrain_lr", "> 0")
     need(0 < sn.train_portion < 1, "train_portion", "in (0, 1)")
+    need(sn.supernet_schedule in ("constant", "cosine"), "supernet_schedule", "constant or cosine")
+    need(sn.path_sampling in ("uniform", "fair"), "path_sampling", "uniform or fair")
     need(se.spike_norm >= 0, "spike_norm", ">= 0 (0: the super-network's last-epoch mean)")
     need(r.amp in AMP, "amp", " or ".join(AMP))
     user_error(se.check)

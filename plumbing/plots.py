@@ -1,5 +1,6 @@
 """Plots of a run folder: pareto.png (the search's accuracy-spikes trade-off) and curves.png (loss,
-accuracy and spikes per epoch of each training stage). matplotlib is optional and imported here only.
+accuracy and spikes per epoch of each training stage; for a watched super-network also its fixed
+paths on D_val and how their ranking changed). matplotlib is optional and imported here only.
 
     python3 runs.py plot runs/X          # redraw both
 """
@@ -77,7 +78,9 @@ def plot_run(run_dir, log=print) -> list[str]:
     rows = read_metrics(run_dir / "metrics.jsonl", log)
     stages = [s for s in ("supernet", "retrain") if any(r.get("stage") == s and "epoch" in r for r in rows)]
     if stages:
-        fig, axes = plt.subplots(len(stages), 3, figsize=(12, 3.2 * len(stages)), squeeze=False)
+        watched = any("val_acc" in r for r in rows)         # a 4th column: the watched paths' ranking
+        fig, axes = plt.subplots(len(stages), 3 + watched, figsize=(12 + 4 * watched, 3.2 * len(stages)),
+                                 squeeze=False)
         for row, stage in zip(axes, stages):
             # a row repeated by an interrupted run counts once (the last one written wins)
             ms = sorted({r["epoch"]: r for r in rows if r.get("stage") == stage and "epoch" in r}.values(),
@@ -90,6 +93,13 @@ def plot_run(run_dir, log=print) -> list[str]:
                 if test:
                     ax.plot(*zip(*test), "-s", ms=3, label="test")
                     ax.legend(fontsize=8)
+                val = [r for r in ms if "val_" + key in r]
+                if val:       # the watched paths: mean and +- one standard deviation over them
+                    e, m, sd = ([r[k] for r in val] for k in ("epoch", "val_" + key, f"val_{key}_sd"))
+                    n = len(val[0]["val_path_acc"])
+                    ax.plot(e, m, "-^", ms=3, label=f"D_val, {n} fixed paths")
+                    ax.fill_between(e, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.2)
+                    ax.legend(fontsize=8)
                 if key == "acc":                   # the whole range, and chance: noise must not look like learning
                     chance = next((r["chance"] for r in ms if isinstance(r.get("chance"), (int, float))), None)
                     if chance is not None:
@@ -98,6 +108,17 @@ def plot_run(run_dir, log=print) -> list[str]:
                     ax.set_ylim(0, 1)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set(xlabel="epoch", ylabel=label, title=f"{stage}: {label.split(' (')[0]}")
+            if watched:
+                ax = row[3]
+                taus = [(r["epoch"], r["val_tau"]) for r in ms if r.get("val_tau") is not None]
+                if stage != "supernet" or not taus:
+                    ax.axis("off")
+                    continue
+                ax.plot(*zip(*taus), "-o", ms=3)
+                ax.axhline(0, color="0.7", lw=0.8)
+                ax.set(xlabel="epoch", ylabel="Kendall tau", ylim=(-1.05, 1.05),
+                       title="supernet: ranking of the fixed paths\nagainst the previous evaluation")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         save(fig, "curves.png")
     return written

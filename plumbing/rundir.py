@@ -31,6 +31,7 @@ import torch
 
 import autosnn
 from files import AutoSNNError, atomic_write, atomic_write_text, create_folder, csv_text, remove_stale_temps
+from formats.npz import path_of as npz_path
 from plumbing import dist
 from plumbing.config import (FIELDS, MODEL_KEYS, SECTIONS, Config, check_config, check_out, flag, make_config,
                               unused_options)
@@ -47,6 +48,11 @@ OLDER = "made by an older version of this project; rerun"
 # What --resume may change (the rest comes from config.json): how the run executes, and --pick, which
 # chooses from a finished search (a pick that matched nothing must not be a dead end).
 RESUME_MAY_CHANGE = {"device", "threads", "compile", "log_every", "pick"}
+# --resume RUN --supernet-epochs N / --retrain-epochs N continue a stage to N epochs (never fewer)
+EXTENDABLE = {"supernet_epochs": ("all", "supernet"), "retrain_epochs": ("all", "retrain", "study")}
+# what a search and a retraining wrote: made with the old super-network, set aside when it trains on
+DOWNSTREAM = ("search.pt", "search.json", "pareto.csv", "best_arch.txt", "pareto.png", "child.pt", "model.pt",
+              "results.json")
 
 
 def now() -> str:
@@ -65,8 +71,9 @@ class Where:
     rebuilt from a checkpoint (written once the folder is locked); supernet: a given --supernet's checkpoint.
     run_id: the run's identity, recorded in every file of its folder (plumbing/identity.py); supernet_run:
     the run id of the super-network it started from, when that is another run's; source: the file the
-    configuration came from; changed: the options --resume changed ({option: (before, now)}); notes:
-    options given that the run does not read (config.unused_options), logged once."""
+    configuration came from; changed: the options --resume changed ({option: (before, now)}); extended:
+    {option: (old, new)} for a resume that extends a stage (see check_extension); notes: options given
+    that the run does not read (config.unused_options), logged once."""
     path: Path
     new: bool
     preset: str = ""
@@ -76,6 +83,7 @@ class Where:
     supernet_run: str | None = None
     source: Path | None = None
     changed: dict = field(default_factory=dict)
+    extended: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
 
@@ -86,7 +94,7 @@ def resolve(given: dict) -> tuple[Config, Where]:
     if "resume" in given:
         run_dir = Path(given.pop("resume"))
         saved, meta = read_config(run_dir)
-        extra = set(given) - RESUME_MAY_CHANGE
+        extra = set(given) - RESUME_MAY_CHANGE - set(EXTENDABLE)
         if extra:
             raise AutoSNNError(f"--resume takes its options from {run_dir}/config.json; drop "
                                + ", ".join(flag(k) if k in FIELDS else "--" + k.replace("_", "-")
@@ -94,10 +102,11 @@ def resolve(given: dict) -> tuple[Config, Where]:
         cfg = Config.from_flat({**saved, **given})
         with naming(meta["source"], given):
             check_config(cfg)
-        changed = {k: (saved[k], v) for k, v in given.items() if saved[k] != v}
+        extended = check_extension(saved, given, run_dir)
+        changed = {k: (saved[k], v) for k, v in given.items() if saved[k] != v and k not in extended}
         return cfg, Where(run_dir, False, rebuilt=cfg.to_dict() if meta["rebuilt"] else None, run_id=meta["run_id"],
                           supernet_run=meta["supernet_run"], source=meta["source"], changed=changed,
-                          notes=unused_options(cfg, given))
+                          extended=extended, notes=unused_options(cfg, given))
     supernet_ck, typed = None, set(given)
     if given.get("supernet_path") and given.get("stage") in ("search", "retrain"):
         supernet_ck = load_checkpoint(Path(given["supernet_path"]), "supernet")
@@ -117,7 +126,8 @@ def resolve(given: dict) -> tuple[Config, Where]:
                            "or --model (a hand-crafted baseline)")
     if cfg.retrain.inherit and (r.stage != "retrain" or supernet_ck is None):
         raise AutoSNNError("--inherit is for --stage retrain and needs --supernet runs/<name>/supernet.pt")
-    run_dir = check_out(r.out, r.name or f"{r.stage}-{r.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    label = npz_path(r.dataset).stem if npz_path(r.dataset) else r.dataset       # npz:PATH: no '/' in the name
+    run_dir = check_out(r.out, r.name or f"{r.stage}-{label}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() or run_dir.is_symlink():
         raise AutoSNNError(f"{run_dir} already exists; continue it with --resume {run_dir} or choose --name")
     return cfg, Where(run_dir, True, preset, supernet_ck, run_id=new_run_id(),
@@ -135,6 +145,37 @@ def naming(source, typed):
         if source is None or any(flag(k) in str(e) for k in typed if k in FIELDS):
             raise
         raise AutoSNNError(f"{source}: {e}") from None
+
+
+def check_extension(saved: dict, given: dict, run_dir: Path) -> dict:
+    """{option: (saved, new)} for each of --supernet-epochs / --retrain-epochs that a resume raises.
+
+    A stage extended from E to N epochs ends exactly where a run started with N would (bit for bit on a
+    CPU with the same --threads), because nothing in it depends on the planned number of epochs: Adam
+    at a constant learning rate, data order and paths drawn epoch by epoch from generators saved in
+    the checkpoint, evaluations that leave weights and generators alone. The schedules that do depend
+    on it (SGD's learning-rate steps at 50% and 75% of --retrain-epochs, --supernet-schedule cosine)
+    are refused. What does
+    differ: evaluations logged at the old last epoch (test accuracy, the watched paths) that a straight
+    run makes only on its --eval-every / --watch-every grid. A longer super-network invalidates the
+    search and retraining made with the old one: Run.open sets their files aside (superseded/)."""
+    out = {}
+    for k, stages in EXTENDABLE.items():
+        if k not in given or given[k] == saved[k]:
+            continue
+        if given[k] < saved[k]:
+            raise AutoSNNError(f"{flag(k)} {given[k]}: --resume can only extend a stage, and {run_dir} plans "
+                               f"{saved[k]} epochs")
+        if saved["stage"] not in stages:
+            raise AutoSNNError(f"{flag(k)}: the run {run_dir} (--stage {saved['stage']}) has no such stage to extend")
+        if k == "retrain_epochs" and saved["optimizer"] == "sgd":
+            raise AutoSNNError(f"{flag(k)}: an SGD retraining steps its learning rate at 50% and 75% of its "
+                               f"epochs, so it cannot be extended to equal a longer run; start a new run")
+        if k == "supernet_epochs" and saved["supernet_schedule"] != "constant":
+            raise AutoSNNError(f"{flag(k)}: a {saved['supernet_schedule']} learning rate is scheduled over the "
+                               f"planned epochs, so it cannot be extended to equal a longer run; start a new run")
+        out[k] = (saved[k], given[k])
+    return out
 
 
 def flat_config(sections, where) -> dict:
@@ -312,10 +353,38 @@ class Run:
                 run.write_text(where.path / "config.json", json.dumps({**doc, **cfg.to_dict()}, indent=1))
                 run.log("resumed with " + ", ".join(f"{flag(k)} {v!r} (was {b!r})" for k, (b, v) in
                                                     sorted(where.changed.items())) + "; config.json updated")
+        if where.extended:
+            run.extend(cfg, where.extended)
         for note in where.notes:
             run.warn(("unused", note), note)
         remove_stale_temps(where.path)
         return run
+
+    def extend(self, cfg: Config, extended: dict) -> None:
+        """Record a resume that extends stages (rundir.check_extension) in config.json; when the
+        super-network trains on, move what the old one's search and retraining wrote into
+        superseded/supernet-<old>-epochs/ first, so that both run again (a kill in between: the same
+        command redoes the rest)."""
+        if "supernet_epochs" in extended:
+            old = extended["supernet_epochs"][0]
+            aside = self.path / "superseded" / f"supernet-{old}-epochs"
+            moved = [n for n in DOWNSTREAM if (self.path / n).exists()]
+            if moved:
+                with writing(aside):
+                    aside.mkdir(parents=True, exist_ok=True)
+                    for n in moved:
+                        os.replace(self.path / n, aside / n)
+                self.log(f"the search and retraining of the {old}-epoch super-network are set aside in {aside} "
+                         f"({', '.join(moved)}); they run again")
+        try:
+            doc = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            doc = {}
+        doc = {**(doc if isinstance(doc, dict) else {}), **cfg.to_dict()}
+        doc["extended"] = list(doc.get("extended") or []) + [
+            {"option": k, "from": a, "to": b, "time": now()} for k, (a, b) in extended.items()]
+        self.write_text(self.path / "config.json", json.dumps(doc, indent=1))
+        self.log("extending " + ", ".join(f"{flag(k)} from {a} to {b}" for k, (a, b) in extended.items()))
 
     def lock(self) -> None:
         """Hold .lock (flock) until close(): a second process on this folder stops with one line."""

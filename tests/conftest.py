@@ -8,11 +8,11 @@ import pytest
 import torch
 
 
-# a whole pipeline in seconds: 96 synthetic images, width 4, T = 2, 2 + 2 epochs, a 3 x 4 search
+# a whole pipeline in seconds: 96 synthetic images, width 4, T = 2, 2 + 2 epochs, a 3 x 4 search, 2 paths watched
 TINY = ["--dataset", "synthetic", "--n-train", "96", "--n-test", "32", "--backbone", "AutoSNN_4", "--T", "2",
         "--batch-size", "32", "--eval-batch-size", "64", "--supernet-epochs", "2", "--retrain-epochs", "2",
         "--iterations", "3", "--pool", "4", "--topk", "2", "--mutations", "2", "--crossovers", "1",
-        "--log-every", "0", "--device", "cpu"]
+        "--log-every", "0", "--device", "cpu", "--watch-archs", "2", "--watch-recalib", "1"]
 # smaller still (2 batches per epoch, 2 x 3 search), one thread: the killed subprocesses of
 # test_reliability.py share 2 cores with everything else
 TINY1 = TINY + ["--n-train", "64", "--iterations", "2", "--pool", "3", "--mutations", "1", "--threads", "1"]

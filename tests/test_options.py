@@ -456,7 +456,7 @@ BENCH_BAD = [
     (["--search-quality", "@TRUNCATED"], "is not a readable checkpoint"),
     (["--search-quality", "@SEARCHPT"], "is a search checkpoint, not a supernet one"),
     (["--search-quality", "@WIDTH8"], "does not fit this run's network (size mismatch for"),
-    (["--search-quality", "@NOPE"], "not found: give a run folder whose super-network stage has run"),
+    (["--search-quality", "@NOPE"], "is not a run folder (no config.json in it)"),
 ]
 
 
@@ -493,7 +493,7 @@ def test_speedup_is_ours_over_the_reference():
     (["--norm", "nan"], "normaliser"), (["--lam", "nan"], "lambda"), (["--lam", "0.2"], "lambda"),
     (["--lam", "-1e308"], "at least -10"), (["--lam", "-1e-2", "--top", "-1"], "--top"), (["--top", "0"], "--top"),
     (["--budget", "-1"], "budget"), (["--budget", "nan"], "budget"), (["--budget", "10"], "raise --budget"),
-    (["--pick", "budget:0"], "raise the budget"), (["--pick", "nearest"], "is not lambda, knee or budget"),
+    (["--pick", "budget:0"], "raise the budget"), (["--pick", "nearest"], "is not lambda, knee, knee:F"),
 ])
 def test_rerank_bad_values(ref, capsys, extra, words):
     assert runs.main(["rerank", str(ref), *extra]) == 2

@@ -120,10 +120,25 @@ def test_pick_rules_on_a_hand_made_front():
     assert knee([FRONT[0]])["arch"] == "lean" and knee(FRONT[:2])["arch"] == "knee"
 
 
+def test_knee_ignores_the_barely_working_end_of_a_front():
+    # A front whose cheap end is a network at chance (0.10) and one that barely works (0.34). Scaled
+    # with the chance point, the farthest from the line is "poor" (distance 0.286 against 0.26 for
+    # "ok" and "good"): the 34% pick a user would not make. Above half the best accuracy (0.34) the
+    # line runs from poor to best and the farthest is "good": 66% at 60% of the best's spikes.
+    front = [rec("junk", 0.10, 1), rec("poor", 0.34, 2), rec("ok", 0.60, 50), rec("good", 0.66, 60),
+             rec("best", 0.68, 100)]
+    assert knee(front)["arch"] == "poor"                       # no floor: the old rule's answer
+    assert pick(front, "knee")["arch"] == "good"
+    assert pick(front, "knee:0.5")["arch"] == "good"
+    assert pick(front, "knee:0.85")["arch"] == "good"          # floor 0.578: the line runs from ok to best
+    assert pick(front, "knee:0.9")["arch"] == "best"           # only good and best: the most accurate
+    assert pick(front, "knee:0.01")["arch"] == "poor"
+
+
 @pytest.mark.parametrize("rule, words", [
     ("budget:5", "the fewest is 10"), ("budget:-1", "budget:SPIKES"), ("budget:", "budget:SPIKES"),
-    ("budget:abc", "budget:SPIKES"), ("budget:nan", "budget:SPIKES"), ("knees", "lambda, knee or budget"),
-    ("", "lambda, knee or budget"),
+    ("budget:abc", "budget:SPIKES"), ("budget:nan", "budget:SPIKES"), ("knees", "lambda, knee, knee:F"),
+    ("", "lambda, knee, knee:F"), ("knee:0", "knee:F"), ("knee:1.5", "knee:F"), ("knee:nan", "knee:F"),
 ])
 def test_bad_pick_is_one_line(rule, words):
     with pytest.raises(AutoSNNError, match=words) as e:
@@ -292,11 +307,12 @@ def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["reference"] == {"acc": 0.0, "spikes": 2 * res["spike_norm"]} and len(res["budgets"]) == 3
     for algo in ("evolution", "random", "pareto"):
-        row = res["algorithms"][algo]
-        assert row["evaluated"] == [12, 12] and len(row["hypervolume"]) == 2
-        assert all(0 <= hv <= res["reference"]["spikes"] for hv in row["hypervolume"])
+        hv = res["metrics"]["hypervolume"][algo]
+        assert res["evaluated"][algo] == [12, 12] and len(hv) == 2
+        assert all(0 <= v <= res["reference"]["spikes"] for v in hv)
     assert bench.main(["--search-quality", str(tmp_path), "--pool", "4"]) == 2
-    assert "supernet.pt not found" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "not a run folder" in err and len(err.splitlines()) == 1
 
 
 def test_pareto_survivors_use_every_objective(monkeypatch):
