@@ -124,6 +124,7 @@ def _train_worker(r, n, port, folder):
     assert not dist.active() and dist.rank() == r     # the rank outlives the group (messages at exit)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_supernet_as_one_process(tmp_path):
     mp.spawn(_train_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     torch.set_num_threads(1)          # the ranks' thread count: the same kernels, the same rounding
@@ -171,6 +172,7 @@ def _positions(used):
 
 # --- the command line under 2 ranks ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_ranks_all_stages_rank0_writes_and_search_equals_one_process(tmp_path):
     cwds = [tmp_path / "rank0", tmp_path / "rank1"]
     for c in cwds:

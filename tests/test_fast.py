@@ -38,6 +38,7 @@ def compiled(module):
     return module
 
 
+@pytest.mark.slow
 def test_compiled_network_spikes_equal_eager():
     """torch.compile of the neuron loops (CPU inductor): the same spikes as eager, bit for bit, in
     training (with autograd), in evaluation, and under inference_mode."""
@@ -62,6 +63,7 @@ def test_compiled_network_spikes_equal_eager():
         assert torch.equal(oa, ob) and torch.equal(sa.counts, sb.counts) and sa.spikes > 0
 
 
+@pytest.mark.slow
 def test_compiled_no_grad_loop_is_eager_bit_for_bit_and_never_falls_back():
     """One compiled neuron, many input shapes (T = 2..6, C = 4..8, ranks 3 and 5): every output
     equals the eager loop and neuron_step's, and no call runs eager because dynamo's recompile
@@ -83,6 +85,7 @@ def test_compiled_no_grad_loop_is_eager_bit_for_bit_and_never_falls_back():
             assert 0 < a.sum() < a.numel()
 
 
+@pytest.mark.slow
 def test_compiled_training_loop_uses_alpha():
     """The surrogate gradient through the compiled loop with alpha = 3 equals eager's (a loop that
     kept the default alpha = 2 gives other gradients)."""

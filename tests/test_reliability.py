@@ -95,6 +95,7 @@ def killed(point: str, count: int, argv: list) -> None:
     assert res.returncode == -signal.SIGKILL, (res.returncode, res.stderr[-2000:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, count", [
     ("replace:supernet.pt", 2),       # the last super-network checkpoint: its temp is written, not renamed
     ("replace:search.pt", 1),         # mid search
@@ -113,6 +114,7 @@ def test_kill_then_resume_is_identical(ref, tmp_path, point, count):
     assert keys == metric_keys(ref) and len(keys) == len(set(keys))      # no duplicated row
 
 
+@pytest.mark.slow
 def test_kill_while_creating_the_folder_leaves_nothing(tmp_path, capsys):
     argv = TINY1 + ["--stage", "supernet", "--supernet-epochs", "1", "--out", str(tmp_path), "--name", "x"]
     killed("folder", 1, argv)
@@ -209,6 +211,7 @@ def test_search_from_an_unfinished_supernet_warns(ref, tmp_path):
     assert "stopped at epoch 1 of 2" in (tmp_path / "s" / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_closed_stdout_stops_printing_not_training(tmp_path):
     """train.py | head -1: the run goes on to its end."""
     script = "import sys, train\ntrain.plot_run = lambda *a, **k: []\nsys.exit(train.main(sys.argv[1:]))\n"
