@@ -147,9 +147,12 @@ def run_passes(net: nn.Module, forward, params: dict, bns: dict, x, labels, cali
     return result
 
 
-def measure_ours(spec: dict) -> dict:
-    """run_passes on our network of a case (its path's parameters and BN layers only)."""
+def measure_ours(spec: dict, prepare=None) -> dict:
+    """run_passes on our network of a case (its path's parameters and BN layers only). prepare(net), when
+    given, changes the network first (fast.steps.use_step_layers: the fast per-step forms)."""
     net, x, labels, calibration = build(spec)
+    if prepare is not None:
+        prepare(net)
     arch = spec["arch"] if spec["supernet"] else None
     keep = net.path_state_dict(spec["arch"])
 

@@ -158,3 +158,12 @@ def cuda_epoch_without_sync(split, batch_size: int, seed: int) -> tuple[list, li
     return cpu, [first] + rest
 
 
+
+
+def by_steps(n, x):
+    """Neuron n's spikes from Neuron.step, one time step at a time. x: [T, B, ...]."""
+    v, out = torch.zeros_like(x[0]), []
+    for x_t in x:
+        s, v = n.step(x_t, v)
+        out.append(s)
+    return torch.stack(out)

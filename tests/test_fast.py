@@ -7,21 +7,12 @@ import json
 
 import pytest
 import torch
-from conftest import seeded
+from conftest import by_steps, seeded
 
 from autosnn import SpikingNetwork, rate_loss
 from fast.compiled import compile_network
 from neurons import Neuron
 from search_space import AUTOSNN
-
-
-def by_steps(n, x):
-    """Neuron n's spikes from Neuron.step, one time step at a time. x: [T, B, ...]."""
-    v, out = torch.zeros_like(x[0]), []
-    for x_t in x:
-        s, v = n.step(x_t, v)
-        out.append(s)
-    return torch.stack(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,24 +219,14 @@ def test_step_layers_match_the_original(name):
     fast per-step form, as train.py runs them: the original's numbers within the conformance
     tolerances anywhere, bit for bit where the goldens were made (training before and after an
     Adam step, BN recalibration with momentum None, eval)."""
-    from benchmarks.conformance import build, differences, machine, run_passes, threads
+    from benchmarks.conformance import differences, machine, measure_ours, threads
     from fast.steps import use_step_layers
     golden = _conformance_cases()
     case = golden["cases"][name]
-    spec = case["case"]
+    replaced = []
     with threads(golden["made_with"]["threads"]):
-        net, x, labels, calibration = build(spec)
-        assert use_step_layers(net) > 10
-        arch = spec["arch"] if spec["supernet"] else None
-        keep = net.path_state_dict(spec["arch"])
-
-        def forward(x):
-            out, stats = net(x, arch=arch)
-            return out, dict(zip(stats.names, stats.counts.tolist()))
-        params = {n: p for n, p in net.named_parameters() if n in keep}
-        bns = {n: m for n, m in net.named_modules()
-               if isinstance(m, torch.nn.BatchNorm2d) and f"{n}.running_mean" in keep}
-        ours = run_passes(net, forward, params, bns, x, labels, calibration)
+        ours = measure_ours(case["case"], lambda net: replaced.append(use_step_layers(net)))
+    assert replaced[0] > 10
     exact = machine() == {k: golden["made_with"][k] for k in machine()}
     assert differences(ours, case["golden"], exact=exact) == []
 

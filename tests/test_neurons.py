@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from conftest import seeded
+from conftest import by_steps, seeded
 
 from layers import TimeBatchNorm
 from neurons import Neuron, SpikeFn, atan_surrogate
@@ -129,14 +129,6 @@ def test_neuron_gradients_match_hand_written_bptt(kind):
         assert torch.allclose(grads[1], gk * k * (1 - k), atol=1e-12)
 
 
-def step_by_step(n, x):
-    v, out = torch.zeros_like(x[0]), []
-    for x_t in x:
-        s, v = n.step(x_t, v)
-        out.append(s)
-    return torch.stack(out)
-
-
 def test_neuron_forward_is_its_step_loop_bit_for_bit():
     """float32, k off 0.5, inputs crowding the threshold: the same spikes, train and no_grad."""
     seeded(14)
@@ -144,7 +136,7 @@ def test_neuron_forward_is_its_step_loop_bit_for_bit():
     with torch.no_grad():
         n.w.fill_(0.8137)
     x = torch.rand(8, 64, 257) * 2.2
-    ref = step_by_step(n, x)
+    ref = by_steps(n, x)
     assert torch.equal(n(x), ref)
     with torch.no_grad():
         assert torch.equal(n(x), ref)
