@@ -13,8 +13,8 @@ layer runs its own loop over T and keeps no state between calls.
     >>> net.load_state_dict(supernet.path_state_dict(AUTOSNN))                     # one path's weights
     >>> save_model(net, "model.pt"); net = SpikingNetwork.load("model.pt")          # eval mode
 
-Neurons (sec. 3.1: PLIF, LIF, IF, the surrogate, their loops over T) live in neurons.py, the layers
-and candidate blocks (sec. 3.2: SCB, SRB, skip) in layers.py, spike counting and statistics (sec. 3.4: Trace, SpikeStats, the energy estimate) in spikes.py; their names
+Neurons (PLIF, LIF, IF, the surrogate, their loops over T) live in neurons.py, the layers
+and candidate blocks (SCB, SRB, skip) in layers.py, spike counting and statistics (Trace, SpikeStats, the energy estimate) in spikes.py; their names
 are importable from here too. The blocks are plain modules (`forward(x)`); spikes and synaptic
 operations are counted by the network, in one place: spikes.Trace.
 Mixed precision: under torch.autocast, convolutions and the classifier may run in bf16, while
@@ -37,9 +37,9 @@ from search_space import AVG_POOL, MAX_POOL, Arch, get_backbone, parse_arch, res
 from spikes import Recorder, SpikeStats, Trace
 
 
-POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost", sec. 3.3)
+POPULATION = 10   # output neurons per class; their mean rate is the class score ("boost")
 
-# Input shapes the network accepts, and the stem each one gets (sec. 2.1). (2, 32, 32) is ours:
+# Input shapes the network accepts, and the stem each one gets. (2, 32, 32) is ours:
 # a one-conv event stem for the built-in synthetic-dvs data.
 STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event128", (2, 32, 32): "event"}
 
@@ -49,7 +49,7 @@ STEMS = {(3, 32, 32): "static", (3, 64, 64): "static64", (2, 128, 128): "event12
 # ----------------------------------------------------------------------------------------------
 
 class Stem(nn.Module):
-    """Layers before the 8 backbone positions (sec. 2.1, 3.2). Output: [T, B, C, 32, 32] spikes.
+    """Layers before the 8 backbone positions. Output: [T, B, C, 32, 32] spikes.
 
     static   (3x32x32):   conv3x3+BN once per image (direct encoding) -> neuron at every step
     static64 (3x64x64):   conv3x3+BN once -> neuron -> max-pool -> conv3x3+BN -> neuron
@@ -277,7 +277,7 @@ class SpikingNetwork(nn.Module):
 
 def population_rates(s: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The classifier's output: spikes s [T, B, K * POPULATION] -> class rates [T, B, K], the mean
-    over each class's group of POPULATION neurons (the "boost" average, sec. 3.3)."""
+    over each class's group of POPULATION neurons (the "boost" average)."""
     return s.unflatten(2, (num_classes, POPULATION)).mean(3)
 
 
@@ -292,7 +292,7 @@ def sum_over_steps(rates: torch.Tensor) -> torch.Tensor:
 
 
 def rate_loss(out: torch.Tensor, labels: torch.Tensor, T: int) -> torch.Tensor:
-    """MSE between the output rate out/T ([B, K]) and the one-hot labels ([B]) (sec. 3.3)."""
+    """MSE between the output rate out/T ([B, K]) and the one-hot labels ([B])."""
     return F.mse_loss(out / T, F.one_hot(labels, out.shape[1]).to(out.dtype))
 
 

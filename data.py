@@ -1,6 +1,6 @@
 """Datasets for AutoSNN: static images, neuromorphic recordings and synthetic data, as device batches.
 
-Owns (paper sections 5 and 7): the datasets CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
+Owns: the datasets CIFAR-10/100, SVHN, Tiny-ImageNet-200, CIFAR10-DVS and
 DVS128-Gesture as labelled splits, a dataset of your own as one .npz file (`npz:PATH`, formats/npz.py:
 normalised with its training split's mean and std), the search split (first 80% of the training set by index = D_train,
 last 20% = D_val), batch-wise augmentation on the device, and two synthetic datasets that need no files.

@@ -1,4 +1,4 @@
-"""Evaluating architectures with a trained super-network's weights (paper sec. 4: D_val accuracy
+"""Evaluating architectures with a trained super-network's weights (the search's fitness: D_val accuracy
 and spikes per image of each candidate path), re-estimating BN statistics of one path, watching a
 fixed set of paths while the super-network trains, and the rank agreement of two rankings
 (Kendall's tau-b, Spearman's rho) that says whether the super-network ranks paths as training would.

@@ -1,4 +1,4 @@
-"""Spike-aware architecture search with a trained super-network (paper sec. 4 and 6).
+"""Spike-aware evolutionary search with a trained super-network: the paper's fitness and evolution.
 
 Fitness of an architecture A, with its validation accuracy and spikes per image from the
 super-network's weights:

@@ -1,4 +1,4 @@
-"""AutoSNN's layers and candidate blocks (paper sec. 3.2, Fig. 2): plain modules, forward(x) with
+"""AutoSNN's layers and candidate blocks: plain modules, forward(x) with
 x: [T, B, C, H, W]. Pooling folds T into the batch, and so do convolutions except under autograd,
 where they run once per time step as the original does (`over_time`); BatchNorm keeps the original's
 per-step statistics in training; every neuron is a neurons.Neuron made by the factory passed in.
@@ -91,7 +91,7 @@ class ConvBN(nn.Module):
 
 
 class SCB(nn.Module):
-    """Spiking convolution block: conv-BN-neuron-conv-BN-neuron (sec. 2.2). neuron: () -> Neuron."""
+    """Spiking convolution block: conv-BN-neuron-conv-BN-neuron. neuron: () -> Neuron."""
 
     def __init__(self, cin, cout, k, stride, neuron):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Spiking neurons of AutoSNN (Na et al., ICML 2022, sec. 3.1): the update, its loops over T, the layer.
+"""Spiking neurons of AutoSNN (Na et al., ICML 2022): the update, its loops over T, the layer.
 
 With x[t] the input current, v[-1] = 0, V_th = 1:
     PLIF  v[t] = v'[t-1] + (x[t] - v'[t-1]) * sigmoid(w)     one learnable w per layer, w0 = -ln(tau0 - 1)

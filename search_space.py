@@ -1,4 +1,4 @@
-"""AutoSNN search space: candidate blocks, macro backbones and the architecture type (paper sec. 2).
+"""AutoSNN search space: candidate blocks, macro backbones and the architecture type.
 
 An *architecture* is the tuple of candidate-block names at the searched positions of a backbone,
 written as a dash-joined string:
@@ -14,7 +14,7 @@ stride-2 positions are fixed 2x2 max-pools and the other five (0, 2, 3, 5, 6) ar
 
     stem(C) | B(C) | MP | B(2C) | B(2C) | MP | B(4C) | B(4C) | MP | Linear(4C*4*4 -> 10K) + neuron
 
-Variants for the design-choice study (paper sec. 1): SNN_2 adds a spiking global average pool
+Variants for the design-choice study: SNN_2 adds a spiking global average pool
 before the classifier, SNN_3 replaces the pools by searched stride-2 blocks (8 searched
 positions, widths C,2C,2C,2C,4C,4C,4C,8C), SNN_4 down-samples by 2x2 avg-pool + neuron.
 
@@ -32,11 +32,11 @@ from files import AutoSNNError
 
 
 # Index order matters: it is the paper's encoding (0 skip_connect ... 4 SRB_k5).
-# A new candidate is one more name here: autosnn.py builds "SCB_k<k>" / "SRB_k<k>" for any odd k.
+# A new candidate is one more name here: layers.make_block builds "SCB_k<k>" / "SRB_k<k>" for any odd k.
 CANDIDATES = ("skip_connect", "SCB_k3", "SCB_k5", "SRB_k3", "SRB_k5")
 
 # Fixed (non-searched) layers that can occupy a backbone position.
-MAX_POOL = "m"   # 2x2 max-pool, stride 2, no neuron; its output spikes are counted again (sec. 3.4)
+MAX_POOL = "m"   # 2x2 max-pool, stride 2, no neuron; its output spikes are counted again
 AVG_POOL = "a"   # 2x2 avg-pool, stride 2, followed by a spiking neuron (SNN_4)
 
 
@@ -102,7 +102,7 @@ def get_backbone(name: str, candidates: tuple[str, ...] = CANDIDATES) -> Backbon
 
 
 def check_candidate(name: str) -> None:
-    """Raise AutoSNNError unless `name` is a block autosnn.py can build."""
+    """Raise AutoSNNError unless `name` is a block layers.make_block can build."""
     if name != "skip_connect" and not re.fullmatch(r"S[CR]B_k[1-9]\d*", name):
         raise AutoSNNError(f"unknown candidate block {name!r}; expected skip_connect, SCB_k<odd k> or SRB_k<odd k>")
     if name != "skip_connect" and int(name.split("_k")[1]) % 2 == 0:

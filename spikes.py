@@ -1,4 +1,4 @@
-"""Spike bookkeeping of AutoSNN (Na et al., ICML 2022, sec. 3.4): what one forward counted, and the
+"""Spike bookkeeping of AutoSNN (Na et al., ICML 2022): what one forward counted, and the
 statistics read from it (spikes per image, per layer, firing rates, an energy estimate).
 
 A network counts through its `Recorder` (hooks registered once, on every counted layer);
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 class Trace:
     """What one forward counted. The network's Recorder hands every counted layer's output to
-    `count` below, which is the whole rule (sec. 3.4):
+    `count` below, which is the whole rule:
 
       - every spiking neuron layer: its output spikes (kind 'neuron');
       - every max-pool: its (binary) output counted again (kind 'pool'), as the original does;

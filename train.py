@@ -7,7 +7,7 @@
     python3 train.py --stage retrain --arch SRB_k5-SRB_k5-skip_connect-SRB_k3-SRB_k5 --dataset cifar100
     python3 train.py --resume runs/X                     # continue wherever it stopped
 
-Stages (paper sec. 5-7):
+Stages:
   supernet  train the weight-sharing super-network on D_train (first 80% of the training set), one
             uniformly sampled path per batch; log the mean spikes per image of the sampled paths.
   search    evolutionary search on D_val (last 20%) with the super-network's weights and fitness
@@ -216,7 +216,7 @@ def check_networks(cfg: Config, ds, env: Env) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def loss_fn(net, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """MSE on rates for SNNs (sec. 3.3); cross-entropy for the ANN ablation."""
+    """MSE on rates for SNNs; cross-entropy for the ANN ablation."""
     return F.cross_entropy(out.float(), y) if net.neuron == "ann" else rate_loss(out.float(), y, net.T)
 
 
@@ -401,7 +401,7 @@ def fit(cfg: Config, run: Run, env: Env, net, optimizer, kind: str, split, epoch
 # ---------------------------------------------------------------------------------------------
 
 def train_supernet(cfg: Config, ds, run: Run, env: Env) -> dict:
-    """Stage 1 (paper sec. 5): the super-network on D_train, one uniformly sampled path per batch.
+    """Stage 1: the super-network on D_train, one uniformly sampled path per batch.
     Returns its final checkpoint."""
     r = cfg.run
     torch.manual_seed(r.seed)
@@ -471,7 +471,7 @@ def search_evaluator(cfg: Config, net, ds, env: Env, bn_recalib: int | None = No
 
 
 def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) -> str | None:
-    """Stage 2 (paper sec. 6): evolutionary search on D_val with the super-network's weights.
+    """Stage 2: evolutionary search on D_val with the super-network's weights.
     Returns the architecture --pick chooses (written to best_arch.txt). A pick that chooses nothing ends
     --stage search with a warning (None) and --stage all with an error: --resume --pick changes it."""
     r, sc = cfg.run, cfg.search
@@ -539,7 +539,7 @@ def search_stage(cfg: Config, ds, run: Run, env: Env, ck: dict | None, ck_path) 
 
 def retrain_stage(cfg: Config, ds, run: Run, env: Env, arch: str, supernet_ck: dict | None = None,
                   supernet_path=None) -> dict:
-    """Stage 3 (paper sec. 7): the child network (or a hand-crafted baseline, --model) from scratch on
+    """Stage 3: the child network (or a hand-crafted baseline, --model) from scratch on
     the full training set; the final epoch's test accuracy is the result. Returns the results."""
     r, rc = cfg.run, cfg.retrain
     torch.manual_seed(r.seed)          # the same initial weights whichever stages ran before
@@ -593,7 +593,7 @@ DESIGNS = {1: "no GAP; max-pool down-sampling", 2: "spiking GAP before the class
 
 
 def study_stage(cfg: Config, ds, run: Run, env: Env) -> list[dict]:
-    """Design-choice study (paper sec. 1): SNN_1 (no GAP, max-pool), SNN_2 (GAP), SNN_3 (stride-2
+    """Design-choice study: SNN_1 (no GAP, max-pool), SNN_2 (GAP), SNN_3 (stride-2
     blocks) and SNN_4 (avg-pool) with one fixed block everywhere, the retraining schedule and the
     same seed. Each variant trains in study/<backbone>/ (resumable); the table goes to study.md/.csv."""
     C, rows, silent = get_backbone(cfg.run.backbone).C, [], {}

@@ -1,6 +1,6 @@
 """Event-camera data for AutoSNN: AEDAT files, events -> frames, and the per-sample frame cache.
 
-Owns (paper section 5, CIFAR10-DVS and DVS128-Gesture): reading AEDAT 2.0 (CIFAR10-DVS) and AEDAT 3.1
+Owns (CIFAR10-DVS and DVS128-Gesture): reading AEDAT 2.0 (CIFAR10-DVS) and AEDAT 3.1
 (DVS128-Gesture) recordings into event arrays x, y, p, t (int64 [N]), the CIFAR10-DVS orientation, cutting
 a DVS128-Gesture recording into its labelled segments, integrating events into T frames, and caching the
 frames of every sample on disk. Which files make up a dataset and its splits is formats/readers.py's job; the

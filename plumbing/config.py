@@ -85,7 +85,7 @@ class RunConfig:
 
 @dataclass
 class SupernetConfig:
-    """Super-network training (paper sec. 5)."""
+    """Super-network training (stage 1)."""
     supernet_epochs: int = opt(600, "super-network training epochs")
     supernet_lr: float = opt(1e-3, "Adam learning rate")
     train_portion: float = opt(0.8, "fraction of the training set used as D_train (rest: D_val)", model=True)
@@ -103,7 +103,7 @@ class SupernetConfig:
 
 @dataclass
 class RetrainConfig:
-    """Retraining the found architecture (paper sec. 7)."""
+    """Retraining the found architecture (stage 3)."""
     arch: str = opt("", "architecture to retrain ('': the search's best); a string or a name "
                         "such as AutoSNN")
     retrain_epochs: int = opt(600, "retraining epochs")

@@ -195,7 +195,7 @@ def test_bptt_plif_against_equations(form):
 #         step_mode='m', store_v_seq=True)
 #   s = n(X); (s * COEF).sum().backward()   -> s, n.v_seq (membrane after reset), n.w.grad, X.grad
 # Its PLIF is v += (x - (v - v_reset)) * sigmoid(w), w0 = -ln(tau0 - 1), with decay_input=True; that
-# is the paper's form (sec. 3.1) with v_reset = 0. (decay_input=False would be v += x - v * sigmoid(w),
+# is the paper's form with v_reset = 0. (decay_input=False would be v += x - v * sigmoid(w),
 # a different neuron.) spikingjelly's default surrogate is Sigmoid and its default detach_reset is
 # False, so both are named above. Numbers printed with 7 decimals; spikingjelly is not a dependency.
 SJ_X = [[1.5, 0.8, 3.0], [0.9, 1.3, -0.5], [1.2, 0.4, 2.5],

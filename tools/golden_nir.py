@@ -12,7 +12,8 @@ reuses the system torch, and its output (numbers only) is stored in tests/data/n
     /tmp/nirvenv/bin/python tools/golden_nir.py golden   # tests/data/nir/golden.npz (the readers' spikes, scores)
 
 `train`: an AutoSNN_4 child network (SRB with identity and with 1x1-conv shortcut, skip_connect,
-SCB, three max-pools; PLIF; T = 4), 4 classes of the synthetic gratings (data.synthetic_images),
+SCB, three max-pools; PLIF; T = 4), 4 classes of the synthetic images (data.synthetic_images; the stored
+model.pt was made when they were oriented gratings, before the horizontal bars of today),
 trained for a few epochs on the CPU; 16 fixed test images (4 per class) stored as uint8 pixels.
 `ties`: an SNN_4_4 child (avg-pool + neuron down-sampling) with LIF neurons of leak 1/tau0 = 0.5 and
 v_th = 0.5, trained the same way: binary leaks and spike inputs put many membranes exactly on the
