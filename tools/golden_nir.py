@@ -18,6 +18,7 @@ trained for a few epochs on the CPU; 16 fixed test images (4 per class) stored a
 `ties`: an SNN_4_4 child (avg-pool + neuron down-sampling) with LIF neurons of leak 1/tau0 = 0.5 and
 v_th = 0.5, trained the same way: binary leaks and spike inputs put many membranes exactly on the
 threshold (the case where firing at v > v_th and at v >= v_th differ).
+`check RUN`: a run folder's model.pt (a dry run's, say) in every reader, against run_nir and the network.
 `golden`: each network exported with export.nir.to_nir(net, reader=R) for every reader R of
 export.nir.READERS (its dt and threshold), written to and read back from a .nir file, loaded by
 evaluating READERS[R].load (the call docs/nir.md gives) and run one image and one time step at a time.
@@ -166,8 +167,44 @@ def golden():
     print(f"wrote {OUT / 'golden.npz'} ({(OUT / 'golden.npz').stat().st_size} bytes)")
 
 
+def check(run_dir: str, images: int):
+    """A run folder's model.pt (e.g. a dry run's) in every reader, on the first `images` images of the
+    run's test split: per reader, the neuron outputs that differ from run_nir's on the same file (the
+    graph's own equations) and the predictions that differ from the network's. Prints, stores nothing."""
+    import nir
+    from data import load_dataset
+    from export.nir_runner import run_nir
+    from plumbing.rundir import read_config
+    global T
+    flat, _ = read_config(Path(run_dir))
+    ds = load_dataset(flat["dataset"], flat["data_root"], False, flat["T"], flat["split_by"], flat["n_train"] or None,
+                      flat["n_test"] or None)
+    x = next(iter(ds.split("test").batches(images)))[0]
+    net = load_model(Path(run_dir) / "model.pt")
+    T = net.T
+    with torch.no_grad():
+        ours = net(x)[0].argmax(1)
+    print(f"{run_dir}/model.pt: {net.arch} on {net.backbone.name}, T = {net.T}, {len(x)} test images")
+    for reader in READERS:
+        buf = io.BytesIO()
+        nir.write(buf, to_nir(net, reader=reader))
+        buf.seek(0)
+        graph = nir.read(buf)
+        scores, spikes = run_reader(reader, graph, x)
+        _, ref = run_nir(graph, x, net.T)
+        diff = sum(int((ref[k].bool() != spikes[k].bool().reshape(ref[k].shape)).sum()) for k in ref)
+        total = sum(v.numel() for v in ref.values())
+        print(f"{reader}: {diff} of {total} neuron outputs differ from run_nir's; "
+              f"{int((scores.argmax(1) != ours).sum())} of {len(x)} predictions differ from the network's")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "ties", "golden"])
+    p.add_argument("what", choices=["train", "ties", "golden", "check"])
+    p.add_argument("run", nargs="?", help="check: a run folder with a model.pt")
+    p.add_argument("--images", type=int, default=50, help="check: test images (default 50)")
     a = p.parse_args()
-    {"train": lambda: train("model.pt"), "ties": lambda: train("ties.pt"), "golden": golden}[a.what]()
+    if a.what == "check":
+        check(a.run, a.images)
+    else:
+        {"train": lambda: train("model.pt"), "ties": lambda: train("ties.pt"), "golden": golden}[a.what]()
