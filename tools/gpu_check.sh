@@ -10,8 +10,7 @@
 #     ours compiled + CUDA graphs (the child's steps), and their ratios, in one table.
 #
 # The original's side needs its code and spikingjelly 0.0.0.0.2 (the original's neuron API):
-#   AUTOSNN_ORIGINAL   the original's files (default: the first of ../shared/peer/original,
-#                      shared/peer/original, ../../shared/peer/original that exists)
+#   AUTOSNN_ORIGINAL   a checkout of the original AutoSNN code (github nabk89/AutoSNN)
 #   AUTOSNN_PEER_SITE  a folder where spikingjelly 0.0.0.0.2 is importable (default .peer-site, which
 #                      git ignores). A machine without a package registry gets it carried along:
 #                      pip install --no-deps --target .peer-site spikingjelly==0.0.0.0.2   (here, once)
@@ -38,11 +37,6 @@ timeout "$TESTS_S" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py -k 
 [ "$tests_rc" -eq 0 ] || echo "gpu_check: CUDA tests FAILED or timed out (exit $tests_rc)"
 
 original=${AUTOSNN_ORIGINAL:-}
-if [ -z "$original" ]; then
-    for d in ../shared/peer/original shared/peer/original ../../shared/peer/original; do
-        if [ -f "$d/space.py" ]; then original=$d; break; fi
-    done
-fi
 site=${AUTOSNN_PEER_SITE:-.peer-site}
 bench=(bench.py --device cuda --batch 96 --T 8 --compile --cuda-graphs)
 if [ -n "$original" ] && PYTHONPATH="$site" "$PY" -c "import spikingjelly.clock_driven" 2>/dev/null; then
