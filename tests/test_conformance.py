@@ -8,7 +8,7 @@ The cases and the original's numbers: tests/data/conformance.json, written by to
 (the original is never imported here; only its numbers are stored). To remake them:
 
     pip install --no-deps --target ~/.cache/autosnn-peer-site spikingjelly==0.0.0.0.2
-    PYTHONPATH=~/.cache/autosnn-peer-site python3 tools/golden_original.py --original ../shared/peer/original
+    PYTHONPATH=~/.cache/autosnn-peer-site python3 tools/golden_original.py --original PATH   # PATH: a checkout of github nabk89/AutoSNN
 
 Every case runs at the thread count the numbers were made with (a conv's weight gradient is split
 among threads, and its rounding with it). Two tests per case:

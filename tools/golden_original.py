@@ -8,7 +8,7 @@ for it, an eval pass), and write the cases and the original's numbers to tests/d
 Our own network is measured too; how far it is from the original goes to stderr. From the project root:
 
     pip install --no-deps --target ~/.cache/autosnn-peer-site spikingjelly==0.0.0.0.2
-    PYTHONPATH=~/.cache/autosnn-peer-site python3 tools/golden_original.py --original ../shared/peer/original
+    PYTHONPATH=~/.cache/autosnn-peer-site python3 tools/golden_original.py --original PATH   # PATH: a checkout of github nabk89/AutoSNN
 
 Needs spikingjelly 0.0.0.0.2 (the original's neuron API), installed apart so that the project's
 environment does not change. Options: --threads N (default 2; the test runs at the count recorded),
@@ -193,7 +193,7 @@ def to_json(doc) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--original", required=True, type=Path,
-                    help="folder of the original code (../shared/peer/original)")
+                    help="a checkout of the original AutoSNN code (github nabk89/AutoSNN)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--case", action="append", choices=list(CASES), help="only these cases (default: all)")
     ap.add_argument("--check", action="store_true", help="compare ours with the original; write nothing")
