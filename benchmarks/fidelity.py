@@ -180,7 +180,7 @@ def fidelity(run_dir, fc: FidelityConfig, threads: int = 2, device: str = "cpu")
         if not isinstance(prev, dict) or "chosen" not in prev:
             raise AutoSNNError(f"--same-archs {source}: no pool.json of a fidelity study in it")
         prev_settings = read_json(source / "settings.json")
-        for k in ("archs", "epochs", "seeds"):
+        for k in ("archs", "epochs"):       # units are kept per seed: another --seeds reuses those there are
             if prev_settings.get(k) != settings[k]:
                 raise AutoSNNError(f"--same-archs {source} was made with --{k} {prev_settings.get(k)}, not "
                                    f"{settings[k]}: give the same")

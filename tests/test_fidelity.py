@@ -162,6 +162,12 @@ def test_fidelity_resumes_bit_identically(tiny_run, tmp_path, monkeypatch):
                                                   same_archs=str(tmp_path / "a")), threads=1)
     assert [r["arch"] for r in c["rows"]] == [r["arch"] for r in a["rows"]] and c["bn_recalib"] == 1
     assert [r["sa"] for r in c["rows"]] == [r["sa"] for r in a["rows"]]
+    # a second seed on the same architectures trains only the new seed's units
+    monkeypatch.setattr(train, "train_epoch", real)
+    d = fid.fidelity(tiny_run, fid.FidelityConfig(**{**OPTS, "seeds": 2}, out=str(tmp_path / "d"),
+                                                  same_archs=str(tmp_path / "a")), threads=1)
+    assert [r["sa"][:1] for r in d["rows"]] == [r["sa"] for r in a["rows"]] and len(d["rows"][0]["sa"]) == 2
+    assert len(units_state(tmp_path / "a" / "units")) == 6 and "seed_tau_acc" in d["figures"]
 
 
 @pytest.mark.parametrize("argv, words", [
