@@ -8,12 +8,14 @@
    optical-recognition set) becomes study/digits.npz for `--dataset npz:PATH`: pixels 0..16 scaled to
    0..255, each pixel repeated 4 x 4 (nearest-neighbour upscaling: no pixel is invented) to the 32 x 32
    input of the network's static stem, and the grey channel repeated 3 times, since the stem takes 3 x 32
-   x 32 images (autosnn.STEMS). Test set: 20% of each class (360 images, seeded); the other 1,437 train,
+   x 32 images (autosnn.STEMS). Test set: 20% of each class (359 images, seeded); the other 1,438 train,
    in a seeded random order, so D_val (the last 20% of them, 288) holds every class. hflip = 0: a mirrored
    digit is not the same digit, so the training flip is off (the 4-pixel random crop stays: one source pixel).
 2. The pipeline's super-network (`train.py --stage supernet`), its fixed paths watched on D_val every epoch.
 3. `bench.py --fidelity`: N architectures retrained stand-alone, the super-network's ranking against theirs.
 4. `bench.py --search-quality`: evolution, random and pareto search on that super-network over 3 seeds.
+5. `bench.py --fidelity --seeds 2 --same-archs`: a second stand-alone seed of the same architectures (the
+   first seed's units are reused), for the agreement of two stand-alone rankings.
 
 Every step is the command a user would type (printed, run as a subprocess, resumable: rerun this tool to
 continue), and each one's wall time and CPU time (user + sys of the child processes) plus the load
@@ -83,7 +85,10 @@ def steps(out: Path, a) -> list[tuple[str, list[str], Path]]:
             ("fidelity", [py, "bench.py", "--fidelity", str(main), *fid], None),
             ("search-quality", [py, "bench.py", "--search-quality", str(main), "--pool", str(a.pool), "--iterations",
                                 str(a.iterations), "--seeds", str(a.seeds), "--retrain-picks", str(a.epochs),
-                                "--threads", str(a.threads)], None)]
+                                "--threads", str(a.threads)], None),
+            # a second training seed of the same architectures: how far two stand-alone rankings agree
+            ("fidelity, 2 seeds", [py, "bench.py", "--fidelity", str(main), *fid, "--seeds", "2", *same, "--out",
+                                   str(main / "fidelity-2seeds")], None)]
     if not a.remedies:
         return todo
     # remedies from the one-shot NAS literature, each measured on the same architectures (their
