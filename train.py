@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -49,7 +50,7 @@ try:        # Ctrl-C while torch loads: a line, not a traceback
     from files import AutoSNNError, progress, python
     from pareto import make_search, pick
     from plumbing import dist
-    from plumbing.config import Config, Env, build_parser, user_error
+    from plumbing.config import Config, Env, build_parser, busy_hint, user_error
     from plumbing.history import write_history
     from plumbing.identity import check_run_files
     from plumbing.memory import (BYTES_PER_PARAMETER, activation_bytes, check_data, check_fits, held_bytes,
@@ -95,6 +96,9 @@ def main(argv=None) -> int:
         run.log(f"run folder {run.path} ({'new' if where.new else 'resumed'}), device {env.device} "
                 f"({run.env['device_name']}), {ds.name}: {ds.num_classes} classes, input {tuple(ds.input_shape)}"
                 + (", bf16 autocast" if env.amp else "") + (", deterministic" if cfg.run.deterministic else ""))
+        hint = busy_hint(torch.get_num_threads(), os.getloadavg()[0], os.cpu_count() or 1, os.environ)
+        if env.device.type == "cpu" and hint:
+            run.warn("busy", hint)
         stage, supernet, arch = cfg.run.stage, (where.supernet, cfg.run.supernet_path), cfg.retrain.arch
         if stage == "study":
             study_stage(cfg, ds, run, env)

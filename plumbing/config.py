@@ -369,6 +369,18 @@ def check_threads(threads: int) -> None:
                            f"many times slower; got {threads})")
 
 
+def busy_hint(threads: int, load: float, cpus: int, environ) -> str | None:
+    """A one-line hint when a multi-thread CPU run starts on a machine already busy with other work
+    (1-minute load average >= its CPUs) and OMP_WAIT_POLICY is unset. OpenMP's default active waiting
+    collapses then (several times slower); PASSIVE costs about a third on a quiet machine, so it is
+    suggested, not set (docs/performance.md#threads)."""
+    if threads <= 1 or "OMP_WAIT_POLICY" in environ or load < cpus:
+        return None
+    return (f"this machine is busy (load average {load:.1f} on {cpus} CPUs): with other jobs running, {threads} "
+            f"threads that spin while waiting can run several times slower; if this run is slow, restart it with "
+            f"OMP_WAIT_POLICY=PASSIVE in the environment or with --threads 1")
+
+
 def resolve_device(text: str) -> torch.device:
     """'' -> cuda when available, else cpu. Unknown names and absent GPUs fail here, before any work."""
     if not text:

@@ -537,3 +537,22 @@ def test_train_parser_is_the_one_line_parser(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--T", "-1e-2"])            # a value (then a type error), never "expected one argument"
     assert "invalid int value: '-1e-2'" in capsys.readouterr().err
+
+
+def test_busy_machine_hint():
+    """A multi-thread CPU run on a busy machine gets one hint (OMP_WAIT_POLICY unset); a quiet machine,
+    one thread or a policy already chosen gets none."""
+    hint = config.busy_hint(2, 3.5, 2, {})
+    assert "load average 3.5 on 2 CPUs" in hint and "OMP_WAIT_POLICY=PASSIVE" in hint and "--threads 1" in hint
+    assert config.busy_hint(2, 1.9, 2, {}) is None
+    assert config.busy_hint(1, 9.0, 2, {}) is None
+    assert config.busy_hint(2, 9.0, 2, {"OMP_WAIT_POLICY": "ACTIVE"}) is None
+
+
+@pytest.mark.parametrize("load, hinted", [(99.0, True), (0.0, False)])
+def test_busy_machine_hint_reaches_the_log(tmp_path, monkeypatch, cli, load, hinted):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (load, load, load))
+    r = cli(TINY1 + ["--stage", "supernet", "--supernet-epochs", "1", "--threads", "2", "--out", tmp_path, "--name", "b"])
+    assert r.code == 0
+    assert ("this machine is busy" in (tmp_path / "b" / "log.txt").read_text()) == hinted
