@@ -252,11 +252,14 @@ def test_a_signal_after_the_folder_exists_is_logged_with_the_resume_command(tmp_
 
     monkeypatch.setattr(train, "train_supernet", signalled)
     previous = signal.signal(signal.SIGTERM, guard)
+    # Python's own Ctrl-C handler, as in a terminal (a shell starts background jobs with SIGINT ignored)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert cli(tmp_path, "x") == 128 + sig
         assert signal.getsignal(signal.SIGTERM) is guard            # main() put the handler back
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
     line = f"interrupted ({name}); continue with: {files.python()} train.py --resume {tmp_path / 'x'}"
     assert capsys.readouterr().err.strip() == line
