@@ -138,8 +138,16 @@ def run_reader(reader: str, graph, images: torch.Tensor):
     return torch.stack(scores), {k: torch.stack(v, 1) for k, v in spikes.items()}
 
 
-def golden():
+def written_and_read(net, reader: str):
+    """The network's NIR graph for `reader`, written to a .nir file's bytes and read back."""
     import nir
+    buf = io.BytesIO()
+    nir.write(buf, to_nir(net, reader=reader))
+    buf.seek(0)
+    return nir.read(buf)
+
+
+def golden():
     data = np.load(OUT / "inputs.npz")
     x = normalise(data["images"])
     arrays, provenance = {}, {"versions": {p: md.version(p) for p in
@@ -147,10 +155,7 @@ def golden():
     for file in NETWORKS:
         net = load_model(OUT / file)
         for reader in READERS:
-            buf = io.BytesIO()
-            nir.write(buf, to_nir(net, reader=reader))
-            buf.seek(0)
-            graph = nir.read(buf)
+            graph = written_and_read(net, reader)
             scores, spikes = run_reader(reader, graph, x)
             key = f"{file}/{reader}"
             arrays[f"{key}/scores"] = scores.numpy().astype(np.float32)
@@ -171,7 +176,6 @@ def check(run_dir: str, images: int):
     """A run folder's model.pt (e.g. a dry run's) in every reader, on the first `images` images of the
     run's test split: per reader, the neuron outputs that differ from run_nir's on the same file (the
     graph's own equations) and the predictions that differ from the network's. Prints, stores nothing."""
-    import nir
     from data import load_dataset
     from export.nir_runner import run_nir
     from plumbing.rundir import read_config
@@ -186,10 +190,7 @@ def check(run_dir: str, images: int):
         ours = net(x)[0].argmax(1)
     print(f"{run_dir}/model.pt: {net.arch} on {net.backbone.name}, T = {net.T}, {len(x)} test images")
     for reader in READERS:
-        buf = io.BytesIO()
-        nir.write(buf, to_nir(net, reader=reader))
-        buf.seek(0)
-        graph = nir.read(buf)
+        graph = written_and_read(net, reader)
         scores, spikes = run_reader(reader, graph, x)
         _, ref = run_nir(graph, x, net.T)
         diff = sum(int((ref[k].bool() != spikes[k].bool().reshape(ref[k].shape)).sum()) for k in ref)
