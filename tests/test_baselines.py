@@ -64,6 +64,7 @@ def test_baseline_errors():
         HandcraftedSNN("resnet19-zheng", width=4, T=1)(torch.zeros(1, 3, 32, 32), arch="SCB_k3")
 
 
+@pytest.mark.slow
 def test_retrain_a_baseline_from_the_cli(tmp_path):
     assert train.main(TINY + ["--out", str(tmp_path), "--name", "b", "--stage", "retrain",
                               "--model", "resnet19-zheng", "--model-width", "4", "--retrain-epochs", "1"]) == 0
@@ -73,6 +74,7 @@ def test_retrain_a_baseline_from_the_cli(tmp_path):
     assert res["energy"]["energy_uj"] > 0 and "layers.0.cb1.conv" in res["energy"]["per_layer"]
 
 
+@pytest.mark.slow
 def test_design_study_writes_a_complete_table(tmp_path):
     assert train.main(TINY + ["--out", str(tmp_path), "--name", "st", "--stage", "study",
                               "--retrain-epochs", "1", "--study-block", "SRB_k3"]) == 0
@@ -93,6 +95,7 @@ def test_design_study_writes_a_complete_table(tmp_path):
     assert md.count("| SNN_") == 4 and "estimate" in md
 
 
+@pytest.mark.slow
 def test_plots_are_optional(tmp_path, monkeypatch):
     assert train.main(TINY + ["--out", str(tmp_path), "--name", "p"]) == 0
     d = tmp_path / "p"

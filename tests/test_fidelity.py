@@ -185,6 +185,7 @@ def test_fidelity_bad_input_is_one_line(tiny_run, capsys, argv, words):
     assert words in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_fidelity_refuses_a_folder_of_other_settings_and_a_non_run(tiny_run, tmp_path, capsys):
     out = tmp_path / "o"
     fid.fidelity(tiny_run, fid.FidelityConfig(archs=3, epochs=1, sample_pool=3, bootstrap=0, out=str(out)), threads=1)
@@ -198,6 +199,7 @@ def test_fidelity_refuses_a_folder_of_other_settings_and_a_non_run(tiny_run, tmp
     assert "not a run folder" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_search_quality_pairs_seeds_and_resumes_from_its_evaluations(tiny_run, tmp_path, monkeypatch):
     qc = QualityConfig(seeds=2, iterations=2, retrain_picks=1, out=str(tmp_path / "q"))
     doc = search_quality(tiny_run, qc, pool=4, threads=1)

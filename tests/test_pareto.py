@@ -281,6 +281,7 @@ def test_rerank_pick_and_export_on_a_pareto_search(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "raise the budget" in err
 
 
+@pytest.mark.slow
 def test_train_runs_a_pareto_search_end_to_end(tmp_path, monkeypatch, capsys):
     """train.py --search-algo pareto on tiny synthetic data: the search stage runs NSGA-II, records
     its settings in search.json, and retrains an architecture of the evaluated history; bench.py

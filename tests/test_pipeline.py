@@ -17,7 +17,8 @@ from plumbing import config
 from search_space import AUTOSNN
 
 
-pytestmark = pytest.mark.usefixtures("plotless")
+# every test here runs the pipeline from the command line: the quick tier (-m "not slow") leaves them out
+pytestmark = [pytest.mark.usefixtures("plotless"), pytest.mark.slow]
 
 
 # ---------------------------------------------------------------------------------------------

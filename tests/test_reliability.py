@@ -157,6 +157,7 @@ def test_resume_errors_name_the_file(ref, tmp_path, capsys):
     assert (d / "supernet.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_what_the_checkpoints_hold(ref, tmp_path):
     """config.json deleted, or missing a key (T = 2 here, 8 by default), and a damaged search.json:
     the checkpoints hold them, so resume rebuilds them instead of stopping or using a default."""
@@ -233,6 +234,7 @@ def test_ctrl_c_before_the_folder_says_nothing_saved(tmp_path, monkeypatch, caps
     assert "nothing was saved" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_after_the_folder_exists_is_logged_with_the_resume_command(tmp_path, monkeypatch, capsys, sig):
     """Ctrl-C and SIGTERM (a scheduler's, `kill`'s) print the same line, log.txt keeps it, the exit code
@@ -272,6 +274,7 @@ def test_a_signal_after_the_folder_exists_is_logged_with_the_resume_command(tmp_
 # Full disk, out of memory
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_full_disk_one_line_previous_checkpoint_intact(tmp_path, monkeypatch, capsys):
     """The disk fills while epoch 2's checkpoint is written (torch's own writer would turn ENOSPC into
     "RuntimeError: unexpected pos"; checkpoints are serialised in memory, so the write sees it)."""

@@ -20,6 +20,7 @@ def supernet_checkpoint(d):
     return torch.load(d / "supernet.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_watching_leaves_the_training_as_it_was(tmp_path):
     """Watching (child copies, BN re-estimated on their own batches, generators of their own) must
     not change what the super-network learns: weights, optimiser, every generator state."""
@@ -126,6 +127,7 @@ def test_balanced_paths_use_every_candidate_once_per_block():
     assert [again() for _ in range(15)] == paths
 
 
+@pytest.mark.slow
 def test_fair_sampling_and_cosine_schedule_reach_the_training(tmp_path, monkeypatch, cli):
     """--path-sampling fair: the paths the super-network trains on come in balanced blocks;
     --supernet-schedule cosine: the learning rate ends at 0; neither extends."""
