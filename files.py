@@ -209,6 +209,15 @@ def remove_stale_temps(folder) -> list:
     return removed
 
 
+def check_writable(folder: Path, label: str) -> None:
+    """One line (AutoSNNError naming `label`, the option) unless `folder` is an existing folder this process
+    may create files in."""
+    if not folder.is_dir():
+        raise AutoSNNError(f"{label}: {folder} " + ("is a file, not a folder" if folder.exists() else "does not exist"))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AutoSNNError(f"{label}: {folder} is not writable")
+
+
 def create_folder(path, files: dict) -> None:
     """Create the folder `path` holding `files` ({name: text}) all at once: they are written into
     a temporary sibling folder that is then renamed into place, so a crash leaves either no folder or

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from evolve import rerank
 from export.nir import READERS, TARGETS
-from files import AutoSNNError, Parser, python, read_json
+from files import AutoSNNError, Parser, check_writable, python, read_json
 from pareto import pareto_front, pick
 from plumbing.history import load_history
 from plumbing.plots import plot_run
@@ -117,16 +117,11 @@ def check_model(run_dir: Path):
 def check_nir_target(path: Path, dt: float | None) -> None:
     """--nir FILE and --dt, before anything is built: a new or replaceable file in a writable folder."""
     import math
-    import os
     if dt is not None and not (math.isfinite(dt) and dt > 0):
         raise AutoSNNError(f"--dt must be a finite number > 0 (got {dt})")
     if path.is_dir():
         raise AutoSNNError(f"--nir {path} is a folder; give a file name, e.g. {path / 'net.nir'}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise AutoSNNError(f"--nir {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise AutoSNNError(f"--nir {path}: folder {folder} is not writable")
+    check_writable(path.parent, f"--nir {path}")
 
 
 

@@ -26,7 +26,7 @@ from baselines import BASELINES
 from data import DATASETS
 from formats.npz import path_of as npz_path
 from evolve import SearchConfig
-from files import AutoSNNError, Parser, check_name
+from files import AutoSNNError, Parser, check_name, check_writable
 from neurons import NEURONS
 from search_space import check_candidate, get_backbone, resolve_arch
 
@@ -417,10 +417,7 @@ def check_out(out: str, name: str) -> Path:
         if probe.is_symlink() or probe.parent == probe:
             raise AutoSNNError(f"--out {out}: cannot be created")
         probe = probe.parent
-    if not probe.is_dir():
-        raise AutoSNNError(f"--out {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise AutoSNNError(f"--out {out}: {probe} is not writable")
+    check_writable(probe, f"--out {out}")
     check_name(probe, name, "--name")      # with the temporary suffix the writer adds
     try:                        # /proc, /sys: writable to root by their mode, yet they take no folder
         os.rmdir(tempfile.mkdtemp(prefix=".autosnn-probe", dir=probe))
