@@ -10,6 +10,7 @@ on the device until the one read at the end.
 """
 from __future__ import annotations
 
+import math
 import random
 import statistics
 
@@ -174,18 +175,18 @@ def watch(supernet: SpikingNetwork, archs: list, val_batches, recalib_batches, p
     statistics re-estimated when recalib_batches is given) and summarise: val_acc and val_spikes
     (mean over the paths), their standard deviations, the per-path lists, and val_tau, Kendall's
     tau-b between these accuracies and `previous` (the last evaluation's per-path accuracies; None
-    when there is none or either side is tied throughout, e.g. every path at chance). The super-network, its BN statistics and every random generator training
-    draws from (Python's, torch's) are left as they were: a run with and without watching trains
-    the same weights."""
+    when there is none or either side is tied throughout, e.g. every path at chance). The
+    super-network, its BN statistics and every random generator training draws from (Python's,
+    torch's) are left as they were: a run with and without watching trains the same weights."""
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):          # building child copies draws initial weights
         rows = evaluate_archs(supernet, archs, val_batches, recalib_batches)
     random.setstate(state)
     acc, spikes = [r["acc"] for r in rows], [r["spikes"] for r in rows]
-    tau = None if previous is None else kendall_tau(previous, acc)
+    tau = float("nan") if previous is None else kendall_tau(previous, acc)
     return {"val_acc": statistics.fmean(acc), "val_acc_sd": statistics.pstdev(acc),
-            "val_spikes": statistics.fmean(spikes), "val_spikes_sd": statistics.pstdev(spikes), "val_tau": None if tau is None or tau != tau else tau,
-            "val_path_acc": acc, "val_path_spikes": spikes}
+            "val_spikes": statistics.fmean(spikes), "val_spikes_sd": statistics.pstdev(spikes),
+            "val_tau": None if math.isnan(tau) else tau, "val_path_acc": acc, "val_path_spikes": spikes}
 
 
 def mean_ranks(v) -> np.ndarray:

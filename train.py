@@ -442,10 +442,7 @@ def make_watcher(cfg: Config, net, d_train, d_val, env: Env, run: Run):
             f"after {sn.watch_recalib} BN re-estimation batches: {passes} images forward per evaluation, beside "
             f"{len(d_train)} trained per epoch (a training step costs about 3 forwards)")
 
-    def recalib():
-        g = torch.Generator().manual_seed(r.seed + 1)
-        return itertools.islice(d_train.batches(r.batch_size, shuffle=True, generator=g, device=env.device),
-                                sn.watch_recalib)
+    recalib = same_batches(d_train, r.batch_size, r.seed + 1, sn.watch_recalib, env.device)
 
     def watcher(history):
         last = next((h["val_path_acc"] for h in reversed(history) if "val_path_acc" in h), None)
@@ -455,6 +452,15 @@ def make_watcher(cfg: Config, net, d_train, d_val, env: Env, run: Run):
     return watcher
 
 
+def same_batches(split, batch_size: int, seed: int, n: int, device):
+    """batches() -> the same first n shuffled batches of `split` at every call (a generator seeded by
+    `seed`): what every evaluated path's BN statistics are re-estimated on."""
+    def batches():
+        g = torch.Generator().manual_seed(seed)
+        return itertools.islice(split.batches(batch_size, shuffle=True, generator=g, device=device), n)
+    return batches
+
+
 def search_evaluator(cfg: Config, net, ds, env: Env, bn_recalib: int | None = None):
     """evaluate(archs) -> one record per architecture: the super-network `net` on D_val, as the search
     evaluates (each path's BN statistics first re-estimated on the same --bn-recalib training batches,
@@ -462,10 +468,7 @@ def search_evaluator(cfg: Config, net, ds, env: Env, bn_recalib: int | None = No
     r, sc = cfg.run, cfg.search
     n = sc.bn_recalib if bn_recalib is None else bn_recalib
     d_train, d_val = ds.search_split(cfg.supernet.train_portion)
-
-    def recalib_batches():   # the same batches for every architecture
-        g = torch.Generator().manual_seed(sc.search_seed)
-        return itertools.islice(d_train.batches(r.batch_size, shuffle=True, generator=g, device=env.device), n)
+    recalib_batches = same_batches(d_train, r.batch_size, sc.search_seed, n, env.device)
 
     def evaluate(archs):
         with env.autocast():
